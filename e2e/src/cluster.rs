@@ -1,0 +1,385 @@
+//! One real control plane per test: etcd, kube-apiserver (TLS, RBAC, service-account
+//! tokens) and kube-controller-manager (garbage collection, namespace deletion,
+//! service accounts), bound to the test's own underlay address.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+
+use crate::pki::{self, Ca, CertPair};
+use crate::process::Process;
+use crate::tools::tool;
+use crate::underlay::Underlay;
+
+const NAD_CRD: &str = include_str!("../manifests/network-attachment-definition-crd.yaml");
+const API_PORT: u16 = 6443;
+const STARTUP: Duration = Duration::from_secs(90);
+/// Field manager of everything the harness itself applies.
+pub const MANAGER: &str = "nno.dev/e2e";
+
+/// How a kubeconfig authenticates.
+pub enum Credentials<'a> {
+    ClientCert(&'a CertPair),
+    Token(&'a str),
+}
+
+/// A running control plane. Dropping it stops every process, deletes the underlay
+/// bridge and removes the working directory.
+pub struct Cluster {
+    // Field order is drop order: processes, then the bridge they bind to, then files.
+    processes: Vec<Process>,
+    pub underlay: Underlay,
+    dir: tempfile::TempDir,
+    ca: Ca,
+    admin_kubeconfig: PathBuf,
+    client: kube::Client,
+}
+
+impl Cluster {
+    /// Starts etcd, kube-apiserver and kube-controller-manager, waits until they serve,
+    /// and installs the operator's CRDs and the multus NetworkAttachmentDefinition CRD.
+    pub async fn start() -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let underlay = Underlay::allocate()?;
+        let dir = tempfile::Builder::new().prefix("nno-e2e-").tempdir()?;
+        let ip = underlay.host_addr();
+        let ca = Ca::new("nno-e2e-ca")?;
+        let files = Files::write(dir.path(), &ca, ip.into())?;
+
+        let ip_s = ip.to_string();
+        let etcd = Process::spawn("etcd", etcd_command(dir.path(), &ip_s), dir.path())?;
+        let apiserver = Process::spawn("kube-apiserver", apiserver_command(&files, &ip_s), dir.path())?;
+        let processes = vec![etcd, apiserver];
+
+        let server = format!("https://{ip}:{API_PORT}");
+        let admin = ca.client("nno-e2e-admin", &["system:masters"])?;
+        let admin_kubeconfig = dir.path().join("admin.kubeconfig");
+        write_kubeconfig(
+            &admin_kubeconfig,
+            &server,
+            &ca.cert_pem(),
+            Credentials::ClientCert(&admin),
+        )?;
+        let kcm_cert = ca.client("system:kube-controller-manager", &[])?;
+        let kcm_kubeconfig = dir.path().join("kube-controller-manager.kubeconfig");
+        write_kubeconfig(
+            &kcm_kubeconfig,
+            &server,
+            &ca.cert_pem(),
+            Credentials::ClientCert(&kcm_cert),
+        )?;
+
+        let client = client_from(&admin_kubeconfig).await?;
+        let mut cluster = Self {
+            processes,
+            underlay,
+            dir,
+            ca,
+            admin_kubeconfig,
+            client,
+        };
+        cluster.wait_ready().await?;
+        cluster.processes.push(Process::spawn(
+            "kube-controller-manager",
+            controller_manager_command(&files, &kcm_kubeconfig),
+            cluster.dir.path(),
+        )?);
+        cluster.install_crds().await?;
+        cluster.wait_controller_manager().await?;
+        tracing::info!(server, elapsed = ?started.elapsed(), "test cluster ready");
+        Ok(cluster)
+    }
+
+    /// A client with cluster-admin rights.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The admin kubeconfig file.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.admin_kubeconfig
+    }
+
+    /// The API server URL, reachable from the host and from the underlay.
+    pub fn server(&self) -> String {
+        format!("https://{}:{API_PORT}", self.underlay.host_addr())
+    }
+
+    /// The cluster CA certificate (PEM).
+    pub fn ca_pem(&self) -> String {
+        self.ca.cert_pem()
+    }
+
+    /// A working directory that lives as long as the cluster.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A kubeconfig (and client) for a user authenticated by a client certificate.
+    pub async fn user(&self, user: &str, groups: &[&str]) -> anyhow::Result<(PathBuf, kube::Client)> {
+        let cert = self.ca.client(user, groups)?;
+        let path = self.dir.path().join(format!("user-{user}.kubeconfig"));
+        write_kubeconfig(
+            &path,
+            &self.server(),
+            &self.ca.cert_pem(),
+            Credentials::ClientCert(&cert),
+        )?;
+        let client = client_from(&path).await?;
+        Ok((path, client))
+    }
+
+    /// Runs the pinned kubectl against this cluster as admin.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let out = Command::new(tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(args)
+            .output()?;
+        Ok(out)
+    }
+
+    /// Like [`Cluster::kubectl`], but fails unless kubectl succeeds; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.kubectl(args)?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STARTUP;
+        let mut last_err = String::new();
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            let req = http::Request::get("/readyz").body(Vec::new())?;
+            match self.client.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                Ok(body) => last_err = body,
+                Err(e) => last_err = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::bail!(
+            "kube-apiserver not ready after {STARTUP:?}: {last_err}\n{}",
+            self.logs()
+        )
+    }
+
+    async fn install_crds(&self) -> anyhow::Result<()> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let nad: CustomResourceDefinition = serde_yaml::from_str(NAD_CRD)?;
+        let mut crds = nno::api::crds();
+        crds.push(nad);
+        let params = PatchParams::apply(MANAGER).force();
+        for crd in &crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.patch(&name, &params, &Patch::Apply(crd))
+                .await
+                .map_err(|e| anyhow::anyhow!("installing CRD {name}: {e}"))?;
+        }
+        for crd in &crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+            tokio::time::timeout(Duration::from_secs(30), established)
+                .await
+                .map_err(|_| anyhow::anyhow!("CRD {name} not established after 30s"))??;
+        }
+        Ok(())
+    }
+
+    /// The controller manager is working once the service-account controller has
+    /// created the default ServiceAccount.
+    async fn wait_controller_manager(&mut self) -> anyhow::Result<()> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), "default");
+        let deadline = Instant::now() + STARTUP;
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            if api.get_opt("default").await?.is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::bail!(
+            "kube-controller-manager did not create default/default within {STARTUP:?}\n{}",
+            self.logs()
+        )
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.processes {
+            if let Some(status) = p.exited() {
+                anyhow::bail!("{} exited ({status}):\n{}", p.name, p.log_tail(30));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tail of every component's log.
+    pub fn logs(&self) -> String {
+        self.processes
+            .iter()
+            .map(|p| format!("--- {} ({})\n{}\n", p.name, p.log.display(), p.log_tail(20)))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed; control plane logs:\n{}", self.logs());
+        }
+        // Stop in reverse start order: controller manager, API server, etcd.
+        while let Some(mut p) = self.processes.pop() {
+            p.stop(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Writes a kubeconfig for `server`.
+pub fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca_pem: &str,
+    creds: Credentials<'_>,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let user = match creds {
+        Credentials::ClientCert(pair) => serde_json::json!({
+            "client-certificate-data": b64(&pair.cert_pem),
+            "client-key-data": b64(&pair.key_pem),
+        }),
+        Credentials::Token(token) => serde_json::json!({ "token": token }),
+    };
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "nno-e2e", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": "user", "user": user}],
+        "contexts": [{"name": "nno-e2e", "context": {"cluster": "nno-e2e", "user": "user"}}],
+        "current-context": "nno-e2e",
+    });
+    std::fs::write(path, serde_yaml::to_string(&config)?)?;
+    Ok(())
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Files the control plane reads.
+struct Files {
+    ca: PathBuf,
+    serving_cert: PathBuf,
+    serving_key: PathBuf,
+    sa_key: PathBuf,
+    sa_pub: PathBuf,
+}
+
+impl Files {
+    fn write(dir: &Path, ca: &Ca, ip: IpAddr) -> anyhow::Result<Self> {
+        let serving = ca.server(
+            "kube-apiserver",
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+            ],
+            &[ip, "127.0.0.1".parse()?],
+        )?;
+        let files = Self {
+            ca: dir.join("ca.crt"),
+            serving_cert: dir.join("apiserver.crt"),
+            serving_key: dir.join("apiserver.key"),
+            sa_key: dir.join("sa.key"),
+            sa_pub: dir.join("sa.pub"),
+        };
+        std::fs::write(&files.ca, ca.cert_pem())?;
+        std::fs::write(&files.serving_cert, &serving.cert_pem)?;
+        std::fs::write(&files.serving_key, &serving.key_pem)?;
+        let (sa_key, sa_pub) = pki::key_pair_pem()?;
+        std::fs::write(&files.sa_key, sa_key)?;
+        std::fs::write(&files.sa_pub, sa_pub)?;
+        Ok(files)
+    }
+}
+
+fn etcd_command(dir: &Path, ip: &str) -> Command {
+    let mut cmd = Command::new(tool("etcd"));
+    let client = format!("http://{ip}:2379");
+    let peer = format!("http://{ip}:2380");
+    cmd.arg("--name=e2e")
+        .arg(format!("--data-dir={}", dir.join("etcd").display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster=e2e={peer}"))
+        .arg("--unsafe-no-fsync")
+        .arg("--log-level=warn");
+    cmd
+}
+
+fn apiserver_command(files: &Files, ip: &str) -> Command {
+    let mut cmd = Command::new(tool("kube-apiserver"));
+    cmd.arg(format!("--etcd-servers=http://{ip}:2379"))
+        .arg(format!("--bind-address={ip}"))
+        .arg(format!("--advertise-address={ip}"))
+        .arg(format!("--secure-port={API_PORT}"))
+        .arg(format!("--tls-cert-file={}", files.serving_cert.display()))
+        .arg(format!("--tls-private-key-file={}", files.serving_key.display()))
+        .arg(format!("--client-ca-file={}", files.ca.display()))
+        .arg("--authorization-mode=Node,RBAC")
+        .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+        .arg(format!("--service-account-key-file={}", files.sa_pub.display()))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            files.sa_key.display()
+        ))
+        // Allocated from, never routed to: nothing here sends traffic to services.
+        .arg("--service-cluster-ip-range=10.96.0.0/24")
+        .arg("--endpoint-reconciler-type=none")
+        .arg("--enable-priority-and-fairness=false")
+        .arg("--profiling=false")
+        .arg("--v=0");
+    cmd
+}
+
+fn controller_manager_command(files: &Files, kubeconfig: &Path) -> Command {
+    let mut cmd = Command::new(tool("kube-controller-manager"));
+    let kubeconfig = kubeconfig.display();
+    cmd.arg(format!("--kubeconfig={kubeconfig}"))
+        .arg(format!("--authentication-kubeconfig={kubeconfig}"))
+        .arg(format!("--authorization-kubeconfig={kubeconfig}"))
+        .arg("--use-service-account-credentials=true")
+        .arg(format!(
+            "--service-account-private-key-file={}",
+            files.sa_key.display()
+        ))
+        .arg(format!("--root-ca-file={}", files.ca.display()))
+        .arg("--leader-elect=false")
+        // No kubelets heartbeat here: the simulated nodes' readiness is set by tests,
+        // not by the node lifecycle controller evicting everything after five minutes.
+        .arg("--controllers=*,-node-lifecycle-controller")
+        .arg("--secure-port=0")
+        .arg("--profiling=false")
+        .arg("--v=0");
+    cmd
+}

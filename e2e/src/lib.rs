@@ -1,0 +1,25 @@
+//! Test harness for node-network-operator: a real etcd, kube-apiserver and
+//! kube-controller-manager per test, reachable over a host underlay bridge in
+//! 198.18.0.0/15, so that network namespaces acting as nodes can reach them too.
+//!
+//! Everything a test starts is torn down when its handle drops, also when the test
+//! panics. The tools come from `hack/tools.sh` (see [`tools`]).
+
+pub mod cluster;
+pub mod pki;
+pub mod process;
+pub mod tools;
+pub mod underlay;
+
+pub use cluster::Cluster;
+
+/// Fails the test loudly when it cannot run as root: these tests create network
+/// interfaces and namespaces, and CI runs them as root. They never skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (it creates network interfaces and namespaces); run it with `sudo -E hack/test.sh`"
+    );
+}

@@ -1,0 +1,105 @@
+//! Host-side underlay bridges in 198.18.0.0/15, one /24 per test cluster. The API
+//! server binds to the bridge's first address, so network namespaces acting as nodes
+//! reach it over veth ports of the bridge.
+//!
+//! Allocation is race-free between parallel tests and processes: creating the bridge
+//! is the claim, and the kernel refuses a second bridge of the same name. Bridges left
+//! behind by a killed test process (its pid is in the alias) are swept on the next
+//! allocation.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+const PREFIX: &str = "nno-ul";
+/// 198.18.0.0/15 holds 512 /24s.
+const SLOTS: u16 = 512;
+
+/// Runs an `ip` command, failing with its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One claimed underlay bridge and its /24.
+#[derive(Debug)]
+pub struct Underlay {
+    pub bridge: String,
+    slot: u16,
+}
+
+impl Underlay {
+    pub fn allocate() -> anyhow::Result<Self> {
+        crate::require_root();
+        sweep_stale();
+        let start = (std::process::id() as u16).wrapping_mul(7919) % SLOTS;
+        for i in 0..SLOTS {
+            let slot = (start + i) % SLOTS;
+            let bridge = format!("{PREFIX}{slot}");
+            if ip(&["link", "add", "name", &bridge, "type", "bridge"]).is_err() {
+                continue; // taken
+            }
+            let underlay = Self { bridge, slot };
+            let alias = format!("nno-e2e pid={}", std::process::id());
+            ip(&["link", "set", "dev", &underlay.bridge, "alias", &alias])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", underlay.addr(1)),
+                "dev",
+                &underlay.bridge,
+            ])?;
+            ip(&["link", "set", "dev", &underlay.bridge, "up"])?;
+            return Ok(underlay);
+        }
+        anyhow::bail!("no free underlay slot in 198.18.0.0/15 ({SLOTS} bridges {PREFIX}* exist)")
+    }
+
+    /// Address `.host` of this underlay's /24. `.1` is the host (API server) side.
+    pub fn addr(&self, host: u8) -> Ipv4Addr {
+        let (b, c) = (18 + (self.slot / 256) as u8, (self.slot % 256) as u8);
+        Ipv4Addr::new(198, b, c, host)
+    }
+
+    /// The host side's address.
+    pub fn host_addr(&self) -> Ipv4Addr {
+        self.addr(1)
+    }
+}
+
+impl Drop for Underlay {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", "dev", &self.bridge]);
+    }
+}
+
+/// Deletes underlay bridges whose creating process is gone.
+fn sweep_stale() {
+    let Ok(out) = ip(&["-o", "link", "show", "type", "bridge"]) else {
+        return;
+    };
+    for line in out.lines() {
+        let Some(name) = line.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n)) else {
+            continue;
+        };
+        if !name.starts_with(PREFIX) {
+            continue;
+        }
+        let Some(pid) = line
+            .split("alias nno-e2e pid=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["link", "del", "dev", name]);
+        }
+    }
+}
