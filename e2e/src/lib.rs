@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod pki;
 pub mod process;
+pub mod samples;
 pub mod tools;
 pub mod underlay;
 

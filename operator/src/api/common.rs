@@ -132,7 +132,7 @@ pub struct LabelSelector {
     pub match_expressions: Vec<LabelSelectorRequirement>,
 }
 
-/// One requirement of a [`LabelSelector`].
+/// One requirement of a label selector.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
@@ -149,7 +149,7 @@ pub struct LabelSelectorRequirement {
     pub values: Vec<String>,
 }
 
-/// Operator of a [`LabelSelectorRequirement`].
+/// Operator of a label selector requirement.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum SelectorOperator {
     In,
@@ -221,6 +221,13 @@ pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) -> bool {
     }
 }
 
+/// Now, at the one-second precision the API server stores metav1.Time with, so that a
+/// status read back compares equal to the one written.
+pub fn now() -> Time {
+    let now = jiff::Timestamp::now();
+    Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
 /// Builds a condition stamped now.
 pub fn condition(
     type_: &str,
@@ -235,7 +242,7 @@ pub fn condition(
         reason: reason.to_string(),
         message: message.into(),
         observed_generation,
-        last_transition_time: Time(jiff::Timestamp::now()),
+        last_transition_time: now(),
     }
 }
 
