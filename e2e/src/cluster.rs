@@ -136,6 +136,50 @@ impl Cluster {
         Ok((path, client))
     }
 
+    /// A kubeconfig (and client) authenticated as ServiceAccount `namespace/name`, by a
+    /// bound token from the TokenRequest API, the way pods authenticate. Creates the
+    /// namespace and the ServiceAccount when missing; grants nothing.
+    pub async fn service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<(PathBuf, kube::Client)> {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::Namespace;
+        let params = PatchParams::apply(MANAGER);
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let ns =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        namespaces.patch(namespace, &params, &Patch::Apply(&ns)).await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let sa =
+            serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+        accounts.patch(name, &params, &Patch::Apply(&sa)).await?;
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3600 * 24),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token = accounts
+            .create_token_request(name, &Default::default(), &request)
+            .await?;
+        let token = token
+            .status
+            .and_then(|s| s.token)
+            .ok_or_else(|| anyhow::anyhow!("TokenRequest returned no token"))?;
+        let path = self.dir.path().join(format!("sa-{namespace}-{name}.kubeconfig"));
+        write_kubeconfig(
+            &path,
+            &self.server(),
+            &self.ca.cert_pem(),
+            Credentials::Token(&token),
+        )?;
+        let client = client_from(&path).await?;
+        Ok((path, client))
+    }
+
     /// Runs the pinned kubectl against this cluster as admin.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
         let out = Command::new(tool("kubectl"))
