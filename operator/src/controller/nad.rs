@@ -1,0 +1,406 @@
+//! Renders a Network's NetworkAttachmentDefinitions: pure functions from the Network,
+//! its effective MTU and the cluster settings to CNI conflists.
+//!
+//! Each conflist runs `nno-cni-shim` first (it holds the attachment until the node's
+//! bridge is Ready), then the bridge plugin on the node bridge with the effective MTU.
+//! Traps rendered around (see DESIGN.md "Facts"):
+//! - whereabouts does not exclude its `gateway` from allocation: the gateway and the
+//!   router's static address are added to `exclude`;
+//! - `isGateway`/`isDefaultGateway` would put one gateway address on every node's
+//!   bridge, duplicated across the VXLAN: always false (the router pod is the gateway);
+//! - `preserveDefaultVlan` changed its default in 2025: always rendered;
+//! - the bridge plugin's `mtu` sets the pod veth MTU: it is the effective MTU.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::api::Network;
+
+/// CNI spec versions the rendered conflists can declare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CniVersion {
+    #[value(name = "0.3.1")]
+    V0_3_1,
+    #[value(name = "0.4.0")]
+    V0_4_0,
+    #[value(name = "1.0.0")]
+    V1_0_0,
+}
+
+impl CniVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CniVersion::V0_3_1 => "0.3.1",
+            CniVersion::V0_4_0 => "0.4.0",
+            CniVersion::V1_0_0 => "1.0.0",
+        }
+    }
+}
+
+/// Cluster-wide rendering settings (controller flags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub cni_version: CniVersion,
+    /// Readiness socket of the agent, as seen by the shim on the host.
+    pub shim_socket: String,
+    /// How long the shim holds an attachment waiting for the bridge.
+    pub shim_timeout_seconds: u32,
+    /// Kubeconfig whereabouts uses on the nodes.
+    pub whereabouts_kubeconfig: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            cni_version: CniVersion::V1_0_0,
+            shim_socket: "/run/nno/agent.sock".into(),
+            shim_timeout_seconds: 20,
+            whereabouts_kubeconfig: "/etc/cni/net.d/whereabouts.d/whereabouts.kubeconfig".into(),
+        }
+    }
+}
+
+/// Which attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Client pods: addresses from whereabouts, routes via the gateway.
+    Client,
+    /// The gateway pod: a static address.
+    Router,
+}
+
+impl Role {
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Router => "router",
+        }
+    }
+}
+
+/// One rendered NetworkAttachmentDefinition (per target namespace).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    pub name: String,
+    pub role: Role,
+    pub config: Value,
+}
+
+/// Errors in a Network the schema could not catch.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    #[error("spec.ipam.range {0:?} is not a CIDR")]
+    Range(String),
+    #[error("spec.attachments.router.address {0:?} is not an IP address")]
+    RouterAddress(String),
+    #[error("{field} {value:?} is not an IP address")]
+    Address { field: &'static str, value: String },
+}
+
+/// Renders the client and (when asked) router attachments of `network` at `mtu`.
+pub fn render(network: &Network, mtu: u32, settings: &Settings) -> Result<Vec<Rendered>, RenderError> {
+    let ipam = &network.spec.ipam;
+    let range: IpNet = ipam
+        .range
+        .parse()
+        .map_err(|_| RenderError::Range(ipam.range.clone()))?;
+    let mut out = vec![Rendered {
+        name: network.attachment_name(),
+        role: Role::Client,
+        config: conflist(
+            &network.attachment_name(),
+            network,
+            mtu,
+            settings,
+            client_ipam(network, settings)?,
+        ),
+    }];
+    if let (Some(router), Some(name)) = (&network.spec.attachments.router, network.router_attachment_name()) {
+        let address: IpAddr = router
+            .address
+            .parse()
+            .map_err(|_| RenderError::RouterAddress(router.address.clone()))?;
+        let ipam = json!({
+            "type": "static",
+            "addresses": [{"address": format!("{address}/{}", range.prefix_len())}],
+        });
+        out.push(Rendered {
+            name: name.clone(),
+            role: Role::Router,
+            config: conflist(&name, network, mtu, settings, ipam),
+        });
+    }
+    Ok(out)
+}
+
+fn conflist(name: &str, network: &Network, mtu: u32, settings: &Settings, ipam: Value) -> Value {
+    let bridge = network.spec.bridge.name.as_str();
+    json!({
+        "cniVersion": settings.cni_version.as_str(),
+        "name": name,
+        "plugins": [
+            {
+                "type": "nno-cni-shim",
+                "bridge": bridge,
+                "socket": settings.shim_socket,
+                "timeoutSeconds": settings.shim_timeout_seconds,
+            },
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "mtu": mtu,
+                "isGateway": false,
+                "isDefaultGateway": false,
+                "forceAddress": false,
+                "ipMasq": false,
+                "hairpinMode": false,
+                "promiscMode": false,
+                "preserveDefaultVlan": false,
+                "ipam": ipam,
+            }
+        ]
+    })
+}
+
+fn host_cidr(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
+    }
+}
+
+fn parse_ip(field: &'static str, value: &str) -> Result<IpAddr, RenderError> {
+    value.parse().map_err(|_| RenderError::Address {
+        field,
+        value: value.to_string(),
+    })
+}
+
+fn client_ipam(network: &Network, settings: &Settings) -> Result<Value, RenderError> {
+    let ipam = &network.spec.ipam;
+    let mut exclude: Vec<String> = ipam.exclude.clone();
+    let mut extra = Vec::new();
+    if let Some(gw) = &ipam.gateway {
+        extra.push(parse_ip("spec.ipam.gateway", gw)?);
+    }
+    if let Some(router) = &network.spec.attachments.router {
+        extra.push(parse_ip("spec.attachments.router.address", &router.address)?);
+    }
+    for ip in extra {
+        let cidr = host_cidr(ip);
+        if !exclude.contains(&cidr) {
+            exclude.push(cidr);
+        }
+    }
+
+    let mut out = BTreeMap::new();
+    out.insert("type", json!("whereabouts"));
+    out.insert("range", json!(ipam.range));
+    if let Some(start) = &ipam.range_start {
+        out.insert("range_start", json!(start));
+    }
+    if let Some(end) = &ipam.range_end {
+        out.insert("range_end", json!(end));
+    }
+    if !exclude.is_empty() {
+        out.insert("exclude", json!(exclude));
+    }
+    if let Some(gw) = &ipam.gateway {
+        out.insert("gateway", json!(gw));
+    }
+    if !ipam.routes.is_empty() {
+        let routes: Vec<Value> = ipam
+            .routes
+            .iter()
+            .map(|r| match r.gw.as_ref().or(ipam.gateway.as_ref()) {
+                Some(gw) => json!({"dst": r.dst, "gw": gw}),
+                None => json!({"dst": r.dst}),
+            })
+            .collect();
+        out.insert("routes", json!(routes));
+    }
+    // A pool of its own per Network, so two Networks with the same range never hand
+    // out the same address twice or trip over each other's reservations.
+    out.insert("network_name", json!(format!("nno-{}", network.name_any())));
+    out.insert(
+        "kubernetes",
+        json!({"kubeconfig": settings.whereabouts_kubeconfig}),
+    );
+    Ok(json!(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(spec: Value) -> Network {
+        serde_json::from_value(json!({
+            "apiVersion": "nno.dev/v1alpha1", "kind": "Network", "metadata": {"name": "gw"}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn full() -> Network {
+        network(json!({
+            "bridge": {"name": "br-gw"},
+            "vxlan": {"vni": 100, "group": "239.1.1.1"},
+            "ipam": {
+                "range": "192.168.50.0/24",
+                "rangeStart": "192.168.50.10",
+                "rangeEnd": "192.168.50.200",
+                "exclude": ["192.168.50.128/28"],
+                "gateway": "192.168.50.1",
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.0.0.0/8", "gw": "192.168.50.2"}]
+            },
+            "attachments": {"namespaces": ["default"], "name": "clients", "router": {"name": "router", "address": "192.168.50.1"}}
+        }))
+    }
+
+    #[test]
+    fn client_attachment_renders_every_field() {
+        let rendered = render(&full(), 1450, &Settings::default()).unwrap();
+        assert_eq!(rendered.len(), 2);
+        let client = &rendered[0];
+        assert_eq!((client.name.as_str(), client.role), ("clients", Role::Client));
+        assert_eq!(
+            client.config,
+            json!({
+                "cniVersion": "1.0.0",
+                "name": "clients",
+                "plugins": [
+                    {"type": "nno-cni-shim", "bridge": "br-gw", "socket": "/run/nno/agent.sock", "timeoutSeconds": 20},
+                    {
+                        "type": "bridge", "bridge": "br-gw", "mtu": 1450,
+                        "isGateway": false, "isDefaultGateway": false, "forceAddress": false,
+                        "ipMasq": false, "hairpinMode": false, "promiscMode": false, "preserveDefaultVlan": false,
+                        "ipam": {
+                            "type": "whereabouts",
+                            "range": "192.168.50.0/24",
+                            "range_start": "192.168.50.10",
+                            "range_end": "192.168.50.200",
+                            "exclude": ["192.168.50.128/28", "192.168.50.1/32"],
+                            "gateway": "192.168.50.1",
+                            "routes": [{"dst": "0.0.0.0/0", "gw": "192.168.50.1"}, {"dst": "10.0.0.0/8", "gw": "192.168.50.2"}],
+                            "network_name": "nno-gw",
+                            "kubernetes": {"kubeconfig": "/etc/cni/net.d/whereabouts.d/whereabouts.kubeconfig"}
+                        }
+                    }
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn router_attachment_has_the_static_address_with_the_range_prefix() {
+        let rendered = render(&full(), 1450, &Settings::default()).unwrap();
+        let router = &rendered[1];
+        assert_eq!((router.name.as_str(), router.role), ("router", Role::Router));
+        assert_eq!(router.config["plugins"][0]["type"], "nno-cni-shim");
+        assert_eq!(router.config["plugins"][1]["mtu"], 1450);
+        assert_eq!(
+            router.config["plugins"][1]["ipam"],
+            json!({"type": "static", "addresses": [{"address": "192.168.50.1/24"}]})
+        );
+    }
+
+    #[test]
+    fn gateway_and_router_are_excluded_once() {
+        let mut net = full();
+        net.spec.ipam.gateway = Some("192.168.50.254".into());
+        net.spec.ipam.exclude = vec!["192.168.50.1/32".into()];
+        let client = &render(&net, 1450, &Settings::default()).unwrap()[0];
+        assert_eq!(
+            client.config["plugins"][1]["ipam"]["exclude"],
+            json!(["192.168.50.1/32", "192.168.50.254/32"])
+        );
+    }
+
+    #[test]
+    fn minimal_network_and_defaults() {
+        let net = network(json!({
+            "bridge": {"name": "br0"}, "ipam": {"range": "fd00:50::/64"}, "attachments": {"namespaces": ["a"]}
+        }));
+        let rendered = render(&net, 1500, &Settings::default()).unwrap();
+        assert_eq!(rendered.len(), 1, "no router attachment unless asked");
+        assert_eq!(rendered[0].name, "gw", "named after the Network");
+        let ipam = &rendered[0].config["plugins"][1]["ipam"];
+        assert_eq!(ipam.get("exclude"), None);
+        assert_eq!(ipam.get("gateway"), None);
+        assert_eq!(ipam.get("routes"), None);
+        assert_eq!(ipam["range"], "fd00:50::/64");
+    }
+
+    #[test]
+    fn ipv6_router_and_gateway_exclusions() {
+        let net = network(json!({
+            "bridge": {"name": "br6"},
+            "ipam": {"range": "fd00:50::/64", "gateway": "fd00:50::1", "routes": [{"dst": "::/0"}]},
+            "attachments": {"namespaces": ["a"], "router": {"address": "fd00:50::1"}}
+        }));
+        let rendered = render(&net, 1430, &Settings::default()).unwrap();
+        assert_eq!(
+            rendered[0].config["plugins"][1]["ipam"]["exclude"],
+            json!(["fd00:50::1/128"])
+        );
+        assert_eq!(rendered[1].name, "gw-router");
+        assert_eq!(
+            rendered[1].config["plugins"][1]["ipam"]["addresses"][0]["address"],
+            "fd00:50::1/64"
+        );
+    }
+
+    #[test]
+    fn cni_versions_and_settings() {
+        for (version, text) in [
+            (CniVersion::V0_3_1, "0.3.1"),
+            (CniVersion::V0_4_0, "0.4.0"),
+            (CniVersion::V1_0_0, "1.0.0"),
+        ] {
+            let settings = Settings {
+                cni_version: version,
+                shim_socket: "/var/run/nno.sock".into(),
+                shim_timeout_seconds: 45,
+                whereabouts_kubeconfig: "/etc/wb.kubeconfig".into(),
+            };
+            for rendered in render(&full(), 9000, &settings).unwrap() {
+                assert_eq!(rendered.config["cniVersion"], text);
+                let shim = &rendered.config["plugins"][0];
+                assert_eq!(shim["socket"], "/var/run/nno.sock");
+                assert_eq!(shim["timeoutSeconds"], 45);
+                assert_eq!(rendered.config["plugins"][1]["mtu"], 9000);
+            }
+            assert_eq!(
+                render(&full(), 9000, &settings).unwrap()[0].config["plugins"][1]["ipam"]["kubernetes"]["kubeconfig"],
+                "/etc/wb.kubeconfig"
+            );
+        }
+    }
+
+    #[test]
+    fn never_a_gateway_on_the_bridge() {
+        for rendered in render(&full(), 1450, &Settings::default()).unwrap() {
+            let bridge = &rendered.config["plugins"][1];
+            assert_eq!(bridge["isGateway"], false);
+            assert_eq!(bridge["isDefaultGateway"], false);
+            assert_eq!(bridge["preserveDefaultVlan"], false, "rendered explicitly");
+            assert!(!(bridge["hairpinMode"] == true && bridge["promiscMode"] == true));
+        }
+    }
+
+    #[test]
+    fn bad_addresses_are_errors_not_panics() {
+        let mut net = full();
+        net.spec.ipam.range = "nope".into();
+        assert_eq!(
+            render(&net, 1450, &Settings::default()),
+            Err(RenderError::Range("nope".into()))
+        );
+        let mut net = full();
+        net.spec.attachments.router.as_mut().unwrap().address = "x".into();
+        assert!(render(&net, 1450, &Settings::default()).is_err());
+    }
+}
