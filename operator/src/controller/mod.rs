@@ -2,3 +2,4 @@
 //! MTU, status aggregation, conflicts and cleanup.
 
 pub mod nad;
+pub mod status;

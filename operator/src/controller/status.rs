@@ -1,0 +1,599 @@
+//! Network and Link status from what the agents report: pure functions, so the
+//! status a user sees is unit-tested without a cluster.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::api::common::{condition, set_condition, status};
+use crate::api::link::LinkStatus;
+use crate::api::network::NetworkStatus;
+use crate::api::node_state::{NodeNetworkStateStatus, Owner};
+use crate::api::{NodeProblem, condition as cond};
+use crate::model::claims::Conflict;
+use crate::model::mtu::Effective;
+
+/// How many not-Ready nodes a status lists.
+pub const MAX_LISTED_NODES: usize = 5;
+
+/// Reasons of the conditions the controller writes.
+pub mod reason {
+    pub const READY: &str = "Ready";
+    pub const NODES_NOT_READY: &str = "NodesNotReady";
+    pub const NO_NODES_SELECTED: &str = "NoNodesSelected";
+    pub const WAITING_FOR_NODES: &str = "WaitingForNodes";
+    pub const MTU_TOO_LARGE: &str = "MtuTooLarge";
+    pub const CONFLICT: &str = "Conflict";
+    pub const NO_CONFLICT: &str = "NoConflict";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const ATTACHMENTS_FAILED: &str = "AttachmentDefinitionsFailed";
+    pub const AS_EXPECTED: &str = "AsExpected";
+    /// Per node: no NodeNetworkState from its agent.
+    pub const AGENT_NOT_REPORTING: &str = "AgentNotReporting";
+    /// Per node: the agent has not reported the interface (for this generation) yet.
+    pub const PENDING: &str = "Pending";
+}
+
+/// A selected node and what its agent reported.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeReport<'a> {
+    pub node: &'a str,
+    pub state: Option<&'a NodeNetworkStateStatus>,
+}
+
+/// Whether the interfaces `expected` of `owner` are Ready on one node, at
+/// `generation`; the problem when not.
+pub fn node_problem(
+    report: &NodeReport<'_>,
+    owner: &Owner,
+    expected: &[String],
+    generation: Option<i64>,
+) -> Option<NodeProblem> {
+    let problem = |reason: &str, message: String| {
+        Some(NodeProblem {
+            node: report.node.to_string(),
+            reason: reason.to_string(),
+            message,
+        })
+    };
+    let Some(state) = report.state else {
+        return problem(
+            reason::AGENT_NOT_REPORTING,
+            format!(
+                "no NodeNetworkState from the agent on node {}: is the agent running there?",
+                report.node
+            ),
+        );
+    };
+    for name in expected {
+        let iface = state
+            .interfaces
+            .iter()
+            .find(|i| &i.name.to_string() == name && &i.owner == owner);
+        match iface {
+            None => return problem(reason::PENDING, format!("interface {name} not reported yet")),
+            Some(i) if generation.is_some() && i.observed_generation != generation => {
+                return problem(
+                    reason::PENDING,
+                    format!(
+                        "interface {name} reflects generation {}, not {}",
+                        i.observed_generation.unwrap_or_default(),
+                        generation.unwrap_or_default()
+                    ),
+                );
+            }
+            Some(i) if !i.ready => {
+                let message = if i.message.is_empty() {
+                    format!("interface {name}")
+                } else {
+                    format!("{name}: {}", i.message)
+                };
+                return problem(&i.reason, message);
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// Everything the controller learned about one Network in a reconcile.
+#[derive(Clone, Debug)]
+pub struct NetworkFacts<'a> {
+    pub generation: Option<i64>,
+    pub owner: Owner,
+    /// Interfaces the Network has on every node (bridge, VXLAN).
+    pub interfaces: Vec<String>,
+    pub nodes: Vec<NodeReport<'a>>,
+    pub conflict: Option<Conflict>,
+    /// Why the NADs could not be rendered (a spec the schema did not catch).
+    pub invalid: Option<String>,
+    pub mtu: Effective,
+    /// NADs written (`ns/name`), or why writing failed.
+    pub attachments: Result<Vec<String>, String>,
+}
+
+/// The Network's new status; `old` provides the condition transition times.
+pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> NetworkStatus {
+    let problems: Vec<NodeProblem> = facts
+        .nodes
+        .iter()
+        .filter_map(|n| node_problem(n, &facts.owner, &facts.interfaces, facts.generation))
+        .collect();
+    let desired = facts.nodes.len() as u32;
+    let ready = desired - problems.len() as u32;
+
+    let (ready_status, ready_reason, ready_message) = if let Some(conflict) = &facts.conflict {
+        (status::FALSE, reason::CONFLICT, conflict.message())
+    } else if let Some(invalid) = &facts.invalid {
+        (status::FALSE, reason::INVALID_SPEC, invalid.clone())
+    } else if let Effective::TooLarge { mtu, nodes } = &facts.mtu {
+        let list: Vec<String> = nodes
+            .iter()
+            .map(|(n, max)| format!("{n} (at most {max})"))
+            .collect();
+        (
+            status::FALSE,
+            reason::MTU_TOO_LARGE,
+            format!(
+                "spec.mtu {mtu} is more than the VXLAN carrier of these nodes can carry: {}",
+                list.join(", ")
+            ),
+        )
+    } else if let Effective::Unknown { waiting_for } = &facts.mtu {
+        let message = if waiting_for.is_empty() {
+            "the MTU is derived from the nodes' VXLAN carriers, and no selected node has reported one"
+                .to_string()
+        } else {
+            format!(
+                "waiting for the VXLAN carrier MTU of nodes {}",
+                listed(waiting_for)
+            )
+        };
+        (status::FALSE, reason::WAITING_FOR_NODES, message)
+    } else if let Err(e) = &facts.attachments {
+        (status::FALSE, reason::ATTACHMENTS_FAILED, e.clone())
+    } else if desired == 0 {
+        (
+            status::FALSE,
+            reason::NO_NODES_SELECTED,
+            "spec.nodeSelector matches no node".to_string(),
+        )
+    } else if ready < desired {
+        (
+            status::FALSE,
+            reason::NODES_NOT_READY,
+            format!("{ready} of {desired} nodes are Ready"),
+        )
+    } else {
+        (
+            status::TRUE,
+            reason::READY,
+            format!("Ready on all {desired} selected nodes"),
+        )
+    };
+
+    let degraded = !problems.is_empty() || matches!(facts.mtu, Effective::TooLarge { .. });
+    let (degraded_status, degraded_reason, degraded_message) = if degraded {
+        let message = match &facts.mtu {
+            Effective::TooLarge { .. } => ready_message.clone(),
+            _ => format!("{} of {desired} selected nodes are not Ready", problems.len()),
+        };
+        let reason = if matches!(facts.mtu, Effective::TooLarge { .. }) {
+            reason::MTU_TOO_LARGE
+        } else {
+            reason::NODES_NOT_READY
+        };
+        (status::TRUE, reason, message)
+    } else {
+        (status::FALSE, reason::AS_EXPECTED, String::new())
+    };
+    let (conflict_status, conflict_reason, conflict_message) = match &facts.conflict {
+        Some(c) => (status::TRUE, reason::CONFLICT, c.message()),
+        None => (status::FALSE, reason::NO_CONFLICT, String::new()),
+    };
+
+    let mut conditions = old.map(|o| o.conditions.clone()).unwrap_or_default();
+    let generation = facts.generation;
+    set_condition(
+        &mut conditions,
+        condition(cond::READY, ready_status, ready_reason, ready_message, generation),
+    );
+    set_condition(
+        &mut conditions,
+        condition(
+            cond::DEGRADED,
+            degraded_status,
+            degraded_reason,
+            degraded_message,
+            generation,
+        ),
+    );
+    set_condition(
+        &mut conditions,
+        condition(
+            cond::CONFLICT,
+            conflict_status,
+            conflict_reason,
+            conflict_message,
+            generation,
+        ),
+    );
+
+    let mtu = match &facts.mtu {
+        Effective::Known { mtu, .. } | Effective::TooLarge { mtu, .. } => Some(*mtu),
+        Effective::Unknown { .. } => None,
+    };
+    NetworkStatus {
+        conditions,
+        observed_generation: generation,
+        desired_nodes: desired,
+        ready_nodes: ready,
+        nodes: Some(format!("{ready}/{desired}")),
+        mtu,
+        attachment_definitions: facts.attachments.clone().unwrap_or_default(),
+        not_ready_nodes: problems.into_iter().take(MAX_LISTED_NODES).collect(),
+    }
+}
+
+/// A Link's status: like a Network's, without MTU and attachments.
+pub fn link_status(
+    generation: Option<i64>,
+    owner: &Owner,
+    interface: &str,
+    nodes: &[NodeReport<'_>],
+    conflict: Option<&Conflict>,
+    old: Option<&LinkStatus>,
+) -> LinkStatus {
+    let expected = [interface.to_string()];
+    let problems: Vec<NodeProblem> = nodes
+        .iter()
+        .filter_map(|n| node_problem(n, owner, &expected, generation))
+        .collect();
+    let desired = nodes.len() as u32;
+    let ready = desired - problems.len() as u32;
+    let (s, r, m) = match conflict {
+        Some(c) => (status::FALSE, reason::CONFLICT, c.message()),
+        None if desired == 0 => (
+            status::FALSE,
+            reason::NO_NODES_SELECTED,
+            "spec.nodeSelector matches no node".into(),
+        ),
+        None if ready < desired => (
+            status::FALSE,
+            reason::NODES_NOT_READY,
+            format!("{ready} of {desired} nodes are Ready"),
+        ),
+        None => (
+            status::TRUE,
+            reason::READY,
+            format!("Ready on all {desired} selected nodes"),
+        ),
+    };
+    let mut conditions: Vec<Condition> = old.map(|o| o.conditions.clone()).unwrap_or_default();
+    set_condition(&mut conditions, condition(cond::READY, s, r, m, generation));
+    let (ds, dr, dm) = if problems.is_empty() {
+        (status::FALSE, reason::AS_EXPECTED, String::new())
+    } else {
+        (
+            status::TRUE,
+            reason::NODES_NOT_READY,
+            format!("{} of {desired} selected nodes are not Ready", problems.len()),
+        )
+    };
+    set_condition(&mut conditions, condition(cond::DEGRADED, ds, dr, dm, generation));
+    let (cs, cr, cm) = match conflict {
+        Some(c) => (status::TRUE, reason::CONFLICT, c.message()),
+        None => (status::FALSE, reason::NO_CONFLICT, String::new()),
+    };
+    set_condition(&mut conditions, condition(cond::CONFLICT, cs, cr, cm, generation));
+    LinkStatus {
+        conditions,
+        observed_generation: generation,
+        desired_nodes: desired,
+        ready_nodes: ready,
+        nodes: Some(format!("{ready}/{desired}")),
+        not_ready_nodes: problems.into_iter().take(MAX_LISTED_NODES).collect(),
+    }
+}
+
+fn listed(nodes: &[String]) -> String {
+    let mut shown: Vec<&str> = nodes.iter().take(MAX_LISTED_NODES).map(String::as_str).collect();
+    if nodes.len() > MAX_LISTED_NODES {
+        shown.push("...");
+    }
+    shown.join(", ")
+}
+
+/// Whether two statuses differ in anything but condition timestamps: a steady state
+/// makes no status writes.
+pub fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    fn strip(mut v: serde_json::Value) -> serde_json::Value {
+        if let Some(conditions) = v.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+            for c in conditions {
+                if let Some(obj) = c.as_object_mut() {
+                    obj.remove("lastTransitionTime");
+                }
+            }
+        }
+        v
+    }
+    strip(serde_json::to_value(a).unwrap_or_default()) != strip(serde_json::to_value(b).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::InterfaceName;
+    use crate::api::common::find_condition;
+    use crate::api::link::LinkKind;
+    use crate::api::node_state::{InterfaceState, OwnerKind};
+
+    fn owner() -> Owner {
+        Owner {
+            kind: OwnerKind::Network,
+            name: "gw".into(),
+        }
+    }
+
+    fn iface(name: &str, ready: bool, generation: i64) -> InterfaceState {
+        InterfaceState {
+            name: InterfaceName::new(name).unwrap(),
+            owner: owner(),
+            kind: LinkKind::Bridge,
+            ready,
+            reason: if ready {
+                "Ready".into()
+            } else {
+                "CarrierMissing".into()
+            },
+            message: if ready {
+                String::new()
+            } else {
+                "no route to 239.1.1.1".into()
+            },
+            mtu: Some(1450),
+            carrier: None,
+            carrier_mtu: Some(1500),
+            vtep_address: None,
+            observed_generation: Some(generation),
+        }
+    }
+
+    fn state(ifaces: Vec<InterfaceState>) -> NodeNetworkStateStatus {
+        NodeNetworkStateStatus {
+            interfaces: ifaces,
+            ..Default::default()
+        }
+    }
+
+    fn facts<'a>(nodes: Vec<NodeReport<'a>>) -> NetworkFacts<'a> {
+        NetworkFacts {
+            generation: Some(2),
+            owner: owner(),
+            interfaces: vec!["br-gw".into(), "vxlan1".into()],
+            nodes,
+            conflict: None,
+            invalid: None,
+            mtu: Effective::Known {
+                mtu: 1450,
+                limited_by: Some("a".into()),
+            },
+            attachments: Ok(vec!["default/gw".into()]),
+        }
+    }
+
+    fn cond<'a>(s: &'a NetworkStatus, t: &str) -> (&'a str, &'a str) {
+        let c = find_condition(&s.conditions, t).unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn all_nodes_ready() {
+        let a = state(vec![iface("br-gw", true, 2), iface("vxlan1", true, 2)]);
+        let b = a.clone();
+        let s = network_status(
+            &facts(vec![
+                NodeReport {
+                    node: "a",
+                    state: Some(&a),
+                },
+                NodeReport {
+                    node: "b",
+                    state: Some(&b),
+                },
+            ]),
+            None,
+        );
+        assert_eq!(cond(&s, "Ready"), ("True", "Ready"));
+        assert_eq!(cond(&s, "Degraded"), ("False", "AsExpected"));
+        assert_eq!(cond(&s, "Conflict"), ("False", "NoConflict"));
+        assert_eq!(
+            (s.desired_nodes, s.ready_nodes, s.nodes.as_deref(), s.mtu),
+            (2, 2, Some("2/2"), Some(1450))
+        );
+        assert_eq!(s.observed_generation, Some(2));
+        assert!(s.not_ready_nodes.is_empty());
+        assert_eq!(s.attachment_definitions, ["default/gw"]);
+    }
+
+    #[test]
+    fn per_node_problems_are_listed_with_reasons() {
+        let ok = state(vec![iface("br-gw", true, 2), iface("vxlan1", true, 2)]);
+        let carrier = state(vec![iface("br-gw", true, 2), iface("vxlan1", false, 2)]);
+        let old_gen = state(vec![iface("br-gw", true, 1), iface("vxlan1", true, 1)]);
+        let missing = state(vec![iface("br-gw", true, 2)]);
+        let nodes = vec![
+            NodeReport {
+                node: "a",
+                state: Some(&ok),
+            },
+            NodeReport {
+                node: "b",
+                state: Some(&carrier),
+            },
+            NodeReport {
+                node: "c",
+                state: Some(&old_gen),
+            },
+            NodeReport {
+                node: "d",
+                state: Some(&missing),
+            },
+            NodeReport {
+                node: "e",
+                state: None,
+            },
+        ];
+        let s = network_status(&facts(nodes), None);
+        assert_eq!(cond(&s, "Ready"), ("False", "NodesNotReady"));
+        assert_eq!(cond(&s, "Degraded"), ("True", "NodesNotReady"));
+        assert_eq!(s.nodes.as_deref(), Some("1/5"));
+        let reasons: Vec<(&str, &str)> = s
+            .not_ready_nodes
+            .iter()
+            .map(|p| (p.node.as_str(), p.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("b", "CarrierMissing"),
+                ("c", "Pending"),
+                ("d", "Pending"),
+                ("e", "AgentNotReporting")
+            ]
+        );
+        assert_eq!(s.not_ready_nodes[0].message, "vxlan1: no route to 239.1.1.1");
+        assert!(s.not_ready_nodes[1].message.contains("generation 1, not 2"));
+    }
+
+    #[test]
+    fn interfaces_of_another_owner_do_not_count() {
+        let mut theirs = iface("br-gw", true, 2);
+        theirs.owner = Owner {
+            kind: OwnerKind::Link,
+            name: "br-gw".into(),
+        };
+        let st = state(vec![theirs, iface("vxlan1", true, 2)]);
+        let s = network_status(
+            &facts(vec![NodeReport {
+                node: "a",
+                state: Some(&st),
+            }]),
+            None,
+        );
+        assert_eq!(s.not_ready_nodes[0].reason, "Pending");
+    }
+
+    #[test]
+    fn blocking_reasons_in_order() {
+        let none: Vec<NodeReport> = vec![];
+        let mut f = facts(none.clone());
+        assert_eq!(
+            cond(&network_status(&f, None), "Ready"),
+            ("False", "NoNodesSelected")
+        );
+        f.attachments = Err("namespace default: forbidden".into());
+        assert_eq!(
+            cond(&network_status(&f, None), "Ready"),
+            ("False", "AttachmentDefinitionsFailed")
+        );
+        f.mtu = Effective::Unknown {
+            waiting_for: vec!["a".into()],
+        };
+        let s = network_status(&f, None);
+        assert_eq!(cond(&s, "Ready"), ("False", "WaitingForNodes"));
+        assert_eq!(s.mtu, None, "never a guessed MTU");
+        f.mtu = Effective::TooLarge {
+            mtu: 9000,
+            nodes: vec![("b".into(), 1450)],
+        };
+        let s = network_status(&f, None);
+        assert_eq!(cond(&s, "Ready"), ("False", "MtuTooLarge"));
+        assert_eq!(cond(&s, "Degraded"), ("True", "MtuTooLarge"));
+        assert!(
+            find_condition(&s.conditions, "Ready")
+                .unwrap()
+                .message
+                .contains("b (at most 1450)")
+        );
+        f.invalid = Some("spec.ipam.range \"x\" is not a CIDR".into());
+        assert_eq!(cond(&network_status(&f, None), "Ready"), ("False", "InvalidSpec"));
+        f.conflict = Some(Conflict {
+            winner: Owner {
+                kind: OwnerKind::Network,
+                name: "old".into(),
+            },
+            what: "interface br-gw".into(),
+            node: "a".into(),
+        });
+        let s = network_status(&f, None);
+        assert_eq!(cond(&s, "Ready"), ("False", "Conflict"));
+        assert_eq!(cond(&s, "Conflict"), ("True", "Conflict"));
+    }
+
+    #[test]
+    fn not_ready_list_is_capped() {
+        let names: Vec<String> = (0..9).map(|i| format!("n{i}")).collect();
+        let nodes: Vec<NodeReport> = names
+            .iter()
+            .map(|n| NodeReport { node: n, state: None })
+            .collect();
+        let s = network_status(&facts(nodes), None);
+        assert_eq!(s.not_ready_nodes.len(), MAX_LISTED_NODES);
+        assert_eq!(s.desired_nodes, 9);
+    }
+
+    #[test]
+    fn steady_state_keeps_times_and_compares_equal() {
+        let st = state(vec![iface("br-gw", true, 2), iface("vxlan1", true, 2)]);
+        let f = facts(vec![NodeReport {
+            node: "a",
+            state: Some(&st),
+        }]);
+        let mut first = network_status(&f, None);
+        for c in &mut first.conditions {
+            c.last_transition_time.0 = c.last_transition_time.0 - jiff::SignedDuration::from_secs(60);
+        }
+        let second = network_status(&f, Some(&first));
+        assert!(!differs(&first, &second));
+        assert_eq!(first.conditions, second.conditions, "transition times are kept");
+        let mut f2 = f.clone();
+        f2.mtu = Effective::Known {
+            mtu: 1400,
+            limited_by: None,
+        };
+        assert!(differs(&first, &network_status(&f2, Some(&first))));
+    }
+
+    #[test]
+    fn link_status_counts_nodes() {
+        let link_owner = Owner {
+            kind: OwnerKind::Link,
+            name: "br0".into(),
+        };
+        let mut i = iface("br0", true, 1);
+        i.owner = link_owner.clone();
+        let st = state(vec![i]);
+        let s = link_status(
+            Some(1),
+            &link_owner,
+            "br0",
+            &[
+                NodeReport {
+                    node: "a",
+                    state: Some(&st),
+                },
+                NodeReport {
+                    node: "b",
+                    state: None,
+                },
+            ],
+            None,
+            None,
+        );
+        assert_eq!(s.nodes.as_deref(), Some("1/2"));
+        assert_eq!(
+            find_condition(&s.conditions, "Ready").unwrap().reason,
+            "NodesNotReady"
+        );
+        assert_eq!(s.not_ready_nodes[0].node, "b");
+    }
+}
