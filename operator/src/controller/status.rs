@@ -550,7 +550,7 @@ mod tests {
         }]);
         let mut first = network_status(&f, None);
         for c in &mut first.conditions {
-            c.last_transition_time.0 = c.last_transition_time.0 - jiff::SignedDuration::from_secs(60);
+            c.last_transition_time.0 -= jiff::SignedDuration::from_secs(60);
         }
         let second = network_status(&f, Some(&first));
         assert!(!differs(&first, &second));
