@@ -105,9 +105,19 @@ build_go_tools() {
   done
 }
 
+# The reference CNI plugins the shim's tests chain behind nno-cni-shim. Named after
+# their CNI `type`, so that $NNO_BIN works as a CNI_PATH.
+build_cni_plugins() {
+  local p=github.com/containernetworking/plugins/plugins
+  build_go_tools cni-plugins github.com/containernetworking/plugins "$CNI_PLUGINS_VERSION" \
+    "$p/main/bridge=bridge" "$p/main/loopback=loopback" \
+    "$p/ipam/host-local=host-local" "$p/ipam/static=static"
+}
+
 start=$SECONDS
 log "building pinned tools into $NNO_BIN"
 build_kubernetes
 build_etcd
+build_cni_plugins
 log "all tools ready in $NNO_BIN ($((SECONDS - start))s)"
 if [ "${1:-}" = --print ]; then echo "$NNO_BIN"; fi

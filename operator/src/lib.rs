@@ -1,5 +1,9 @@
+//! node-network-operator: prepares node networking (Linux bridges and VXLAN VTEPs) for
+//! multus secondary networks.
+
 pub mod api;
 pub mod controller;
 pub mod model;
 pub mod multus;
+pub mod readiness;
 pub mod runtime;
