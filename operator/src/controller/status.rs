@@ -137,17 +137,10 @@ pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> 
                 list.join(", ")
             ),
         )
-    } else if let Effective::Unknown { waiting_for } = &facts.mtu {
-        let message = if waiting_for.is_empty() {
-            "the MTU is derived from the nodes' VXLAN carriers, and no selected node has reported one"
-                .to_string()
-        } else {
-            format!(
-                "waiting for the VXLAN carrier MTU of nodes {}",
-                listed(waiting_for)
-            )
-        };
-        (status::FALSE, reason::WAITING_FOR_NODES, message)
+    } else if matches!(facts.mtu, Effective::Unknown) && desired > 0 {
+        let message =
+            "the MTU is derived from the nodes' VXLAN carriers, and no selected node has reported one yet";
+        (status::FALSE, reason::WAITING_FOR_NODES, message.to_string())
     } else if let Err(e) = &facts.attachments {
         (status::FALSE, reason::ATTACHMENTS_FAILED, e.clone())
     } else if desired == 0 {
@@ -219,7 +212,7 @@ pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> 
 
     let mtu = match &facts.mtu {
         Effective::Known { mtu, .. } | Effective::TooLarge { mtu, .. } => Some(*mtu),
-        Effective::Unknown { .. } => None,
+        Effective::Unknown => None,
     };
     NetworkStatus {
         conditions,
@@ -292,14 +285,6 @@ pub fn link_status(
         nodes: Some(format!("{ready}/{desired}")),
         not_ready_nodes: problems.into_iter().take(MAX_LISTED_NODES).collect(),
     }
-}
-
-fn listed(nodes: &[String]) -> String {
-    let mut shown: Vec<&str> = nodes.iter().take(MAX_LISTED_NODES).map(String::as_str).collect();
-    if nodes.len() > MAX_LISTED_NODES {
-        shown.push("...");
-    }
-    shown.join(", ")
 }
 
 /// Whether two statuses differ in anything but condition timestamps: a steady state
@@ -495,9 +480,12 @@ mod tests {
             cond(&network_status(&f, None), "Ready"),
             ("False", "AttachmentDefinitionsFailed")
         );
-        f.mtu = Effective::Unknown {
-            waiting_for: vec!["a".into()],
-        };
+        f.mtu = Effective::Unknown;
+        let unreported = [NodeReport {
+            node: "a",
+            state: None,
+        }];
+        f.nodes = unreported.to_vec();
         let s = network_status(&f, None);
         assert_eq!(cond(&s, "Ready"), ("False", "WaitingForNodes"));
         assert_eq!(s.mtu, None, "never a guessed MTU");

@@ -17,8 +17,8 @@ pub struct CarrierReport {
 pub enum Effective {
     /// The MTU, and the node that limits it (derived case).
     Known { mtu: u32, limited_by: Option<String> },
-    /// Derived, but these selected nodes have not reported their carrier yet.
-    Unknown { waiting_for: Vec<String> },
+    /// Derived, and no selected node has reported its carrier yet.
+    Unknown,
     /// `spec.mtu` is larger than these nodes' carriers can carry: (node, largest MTU
     /// its carrier allows).
     TooLarge { mtu: u32, nodes: Vec<(String, u32)> },
@@ -53,22 +53,16 @@ pub fn effective(spec_mtu: Option<u32>, family: Option<IpFamily>, reports: &[Car
             Effective::TooLarge { mtu, nodes }
         };
     }
-    let waiting_for: Vec<String> = reports
-        .iter()
-        .filter(|r| r.carrier_mtu.is_none())
-        .map(|r| r.node.clone())
-        .collect();
-    if !waiting_for.is_empty() || reports.is_empty() {
-        return Effective::Unknown { waiting_for };
-    }
-    let (node, carrier) = reports
+    let smallest = reports
         .iter()
         .filter_map(|r| r.carrier_mtu.map(|c| (r.node.clone(), c)))
-        .min_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)))
-        .expect("reports is not empty and all have a carrier MTU");
-    Effective::Known {
-        mtu: vxlan_mtu(carrier, family),
-        limited_by: Some(node),
+        .min_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    match smallest {
+        Some((node, carrier)) => Effective::Known {
+            mtu: vxlan_mtu(carrier, family),
+            limited_by: Some(node),
+        },
+        None => Effective::Unknown,
     }
 }
 
@@ -113,18 +107,18 @@ mod tests {
     }
 
     #[test]
-    fn never_guessed_while_nodes_have_not_reported() {
+    fn never_guessed_before_a_node_reports() {
         let partial = reports(&[("a", Some(9000)), ("b", None)]);
         assert_eq!(
             effective(None, Some(IpFamily::IPv4), &partial),
-            Effective::Unknown {
-                waiting_for: vec!["b".into()]
+            Effective::Known {
+                mtu: 8950,
+                limited_by: Some("a".into())
             }
         );
-        assert_eq!(
-            effective(None, Some(IpFamily::IPv4), &[]),
-            Effective::Unknown { waiting_for: vec![] }
-        );
+        let none = reports(&[("a", None), ("b", None)]);
+        assert_eq!(effective(None, Some(IpFamily::IPv4), &none), Effective::Unknown);
+        assert_eq!(effective(None, Some(IpFamily::IPv4), &[]), Effective::Unknown);
     }
 
     #[test]
