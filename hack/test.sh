@@ -20,5 +20,6 @@ step "Debian packages" "$here/deps.sh"
 step "pinned tools (hack/tools.sh)" "$here/tools.sh"
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo build (the tests run the binaries)" cargo build --workspace --bins --locked
 step "cargo test" cargo test --workspace --locked "$@"
 log "all tests passed in $((SECONDS - start))s"

@@ -114,10 +114,29 @@ build_cni_plugins() {
     "$p/ipam/host-local=host-local" "$p/ipam/static=static"
 }
 
+build_multus() {
+  # The thin plugin: what the kubelet's CNI runs; it reads the pod's annotation from
+  # the API server and delegates to the NADs' conflists.
+  build_go_tools multus gopkg.in/k8snetworkplumbingwg/multus-cni.v4 "$MULTUS_VERSION" \
+    "gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/multus=multus"
+}
+
+build_whereabouts() {
+  build_go_tools whereabouts github.com/k8snetworkplumbingwg/whereabouts "$WHEREABOUTS_VERSION" \
+    "github.com/k8snetworkplumbingwg/whereabouts/cmd=whereabouts"
+}
+
+build_helm() {
+  build_go_tools helm helm.sh/helm/v3 "$HELM_VERSION" "helm.sh/helm/v3/cmd/helm=helm"
+}
+
 start=$SECONDS
 log "building pinned tools into $NNO_BIN"
 build_kubernetes
 build_etcd
 build_cni_plugins
+build_multus
+build_whereabouts
+build_helm
 log "all tools ready in $NNO_BIN ($((SECONDS - start))s)"
 if [ "${1:-}" = --print ]; then echo "$NNO_BIN"; fi

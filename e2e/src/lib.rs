@@ -6,6 +6,8 @@
 //! panics. The tools come from `hack/tools.sh` (see [`tools`]).
 
 pub mod cluster;
+pub mod fake;
+pub mod operator;
 pub mod pki;
 pub mod process;
 pub mod samples;
@@ -23,4 +25,23 @@ pub fn require_root() {
         euid, 0,
         "this test needs root (it creates network interfaces and namespaces); run it with `sudo -E hack/test.sh`"
     );
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`
+/// naming `what` and the last value seen.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
 }

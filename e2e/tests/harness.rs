@@ -8,23 +8,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use nno::api::Network;
-use nno_e2e::Cluster;
+use nno_e2e::{Cluster, eventually};
 use serde_json::json;
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{what}: not within {timeout:?}");
-}
 
 #[tokio::test]
 async fn service_account_tokens_authenticate_and_rbac_authorizes() {
@@ -67,7 +52,13 @@ async fn service_account_tokens_authenticate_and_rbac_authorizes() {
         .unwrap();
     eventually("granted list", Duration::from_secs(10), || {
         let networks = networks.clone();
-        async move { networks.list(&ListParams::default()).await.is_ok() }
+        async move {
+            networks
+                .list(&ListParams::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
     })
     .await;
     // Granted reading, not writing.
@@ -110,7 +101,7 @@ async fn owned_objects_are_collected_and_namespaces_deleted() {
         Duration::from_secs(30),
         || {
             let maps = maps.clone();
-            async move { maps.get_opt("owned").await.unwrap().is_none() }
+            async move { gone(maps.get_opt("owned").await.unwrap()) }
         },
     )
     .await;
@@ -121,9 +112,16 @@ async fn owned_objects_are_collected_and_namespaces_deleted() {
         .unwrap();
     eventually("namespace deletion", Duration::from_secs(30), || {
         let namespaces = namespaces.clone();
-        async move { namespaces.get_opt("doomed").await.unwrap().is_none() }
+        async move { gone(namespaces.get_opt("doomed").await.unwrap()) }
     })
     .await;
     let gone = namespaces.list(&ListParams::default()).await.unwrap();
     assert!(gone.items.iter().all(|n| n.name_any() != "doomed"));
+}
+
+fn gone<T>(found: Option<T>) -> Result<(), String> {
+    match found {
+        None => Ok(()),
+        Some(_) => Err("still there".into()),
+    }
 }

@@ -7,3 +7,4 @@ pub mod model;
 pub mod multus;
 pub mod readiness;
 pub mod runtime;
+pub mod telemetry;

@@ -1,0 +1,139 @@
+//! Running the operator's own binaries against a test cluster, the way the Helm chart
+//! runs them: with the chart's RBAC and their own ServiceAccount tokens.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+
+use crate::cluster::{Cluster, MANAGER};
+use crate::process::Process;
+use crate::tools::tool;
+
+/// Release name and namespace the tests install the chart's RBAC under.
+pub const RELEASE: &str = "nno";
+pub const NAMESPACE: &str = "nno-system";
+/// `<release>-<chart>` as the chart names its objects.
+pub const FULLNAME: &str = "nno-node-network-operator";
+
+/// Path of a binary of this workspace (`node-network-operator`, `nno-cni-shim`),
+/// built by `cargo build --workspace --bins` (hack/test.sh does).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable under target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (hack/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/node-network-operator")
+}
+
+/// The chart rendered by the pinned helm (`helm template`), as JSON documents.
+pub fn render_chart(extra: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = Command::new(tool("helm"))
+        .args(["template", RELEASE])
+        .arg(chart_dir())
+        .args(["--namespace", NAMESPACE, "--kube-version", "v1.37.2"])
+        .args(extra)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!("helm template: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// Applies the chart's ServiceAccounts and RBAC (not its workloads: the tests run the
+/// binaries as processes, nodes as network namespaces).
+pub async fn install_rbac(cluster: &Cluster) -> anyhow::Result<()> {
+    let client = cluster.client();
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
+    ns.patch(NAMESPACE, &PatchParams::apply(MANAGER), &Patch::Apply(&body))
+        .await?;
+    let kinds = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ];
+    for doc in render_chart(&[])? {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        if !kinds.contains(&kind) {
+            continue;
+        }
+        let obj: DynamicObject = serde_json::from_value(doc.clone())?;
+        let types = obj
+            .types
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("chart object without apiVersion/kind"))?;
+        let gvk = GroupVersionKind::try_from(&types)?;
+        let plural = match kind {
+            "ServiceAccount" => "serviceaccounts",
+            "ClusterRole" => "clusterroles",
+            "ClusterRoleBinding" => "clusterrolebindings",
+            "Role" => "roles",
+            _ => "rolebindings",
+        };
+        let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let api: Api<DynamicObject> = match obj.metadata.namespace.as_deref() {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None if kind == "ServiceAccount" || kind == "Role" || kind == "RoleBinding" => {
+                Api::namespaced_with(client.clone(), NAMESPACE, &resource)
+            }
+            None => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&obj))
+            .await
+            .map_err(|e| anyhow::anyhow!("applying chart {kind}/{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A kubeconfig with the token of the chart's ServiceAccount for `component`
+/// (`controller` or `agent`).
+pub async fn component_kubeconfig(cluster: &Cluster, component: &str) -> anyhow::Result<PathBuf> {
+    let (path, _) = cluster
+        .service_account(NAMESPACE, &format!("{FULLNAME}-{component}"))
+        .await?;
+    Ok(path)
+}
+
+/// Starts a controller replica as a process with the controller's ServiceAccount.
+pub fn start_controller(
+    cluster: &Cluster,
+    kubeconfig: &Path,
+    identity: &str,
+    extra: &[&str],
+) -> anyhow::Result<Process> {
+    let mut cmd = Command::new(bin("node-network-operator"));
+    cmd.arg("controller")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--metrics-addr=127.0.0.1:0")
+        .arg(format!("--lease-namespace={NAMESPACE}"))
+        .arg(format!("--identity={identity}"))
+        .args(extra)
+        .env("RUST_LOG", "info,kube=warn");
+    Process::spawn(&format!("controller-{identity}"), cmd, cluster.dir())
+}

@@ -1,0 +1,145 @@
+//! What every reconcile shares: the client, the caches of the objects it reads, the
+//! event recorder, settings and metrics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
+use tokio::sync::watch;
+
+use super::metrics::Metrics;
+use super::nad;
+use crate::api::node_state::{NodeNetworkStateStatus, Owner};
+use crate::api::{Link, Network, NodeNetworkState};
+use crate::model::claims::{self, Claim, Conflict};
+
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub networks: Store<Network>,
+    pub links: Store<Link>,
+    pub nodes: Store<Node>,
+    pub states: Store<NodeNetworkState>,
+    pub namespaces: Store<Namespace>,
+    pub settings: nad::Settings,
+    /// How long a deleted Network waits for NotReady nodes to remove its links.
+    pub cleanup_grace: Duration,
+    pub metrics: Metrics,
+    /// Signals that something every object depends on changed (e.g. the set of
+    /// conflict losers), so all are reconciled again.
+    pub changed: watch::Sender<()>,
+    last_losers: Mutex<BTreeSet<Owner>>,
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: kube::Client,
+        recorder: Recorder,
+        networks: Store<Network>,
+        links: Store<Link>,
+        nodes: Store<Node>,
+        states: Store<NodeNetworkState>,
+        namespaces: Store<Namespace>,
+        settings: nad::Settings,
+        cleanup_grace: Duration,
+        metrics: Metrics,
+        changed: watch::Sender<()>,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            networks,
+            links,
+            nodes,
+            states,
+            namespaces,
+            settings,
+            cleanup_grace,
+            metrics,
+            changed,
+            last_losers: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Names of the nodes `selector` selects.
+    pub fn selected_nodes(&self, selector: &crate::api::LabelSelector) -> BTreeSet<String> {
+        self.nodes
+            .state()
+            .iter()
+            .filter(|n| selector.matches(n.labels()))
+            .map(|n| n.name_any())
+            .collect()
+    }
+
+    /// The agent's report for `node`, if any.
+    pub fn node_state(&self, node: &str) -> Option<Arc<NodeNetworkState>> {
+        self.states.state().into_iter().find(|s| s.name_any() == node)
+    }
+
+    /// The status of every NodeNetworkState, by node.
+    pub fn node_states(&self) -> BTreeMap<String, NodeNetworkStateStatus> {
+        self.states
+            .state()
+            .iter()
+            .filter_map(|s| Some((s.name_any(), s.status.clone()?)))
+            .collect()
+    }
+
+    /// Every conflict between live Networks and Links; signals `changed` when the set
+    /// of losers differs from the last evaluation, so that the others re-evaluate too.
+    pub fn conflicts(&self) -> BTreeMap<Owner, Conflict> {
+        let mut all: Vec<(Claim, BTreeSet<String>)> = Vec::new();
+        for n in self
+            .networks
+            .state()
+            .iter()
+            .filter(|n| n.meta().deletion_timestamp.is_none())
+        {
+            all.push((
+                claims::network_claim(n),
+                self.selected_nodes(&n.spec.node_selector),
+            ));
+        }
+        for l in self
+            .links
+            .state()
+            .iter()
+            .filter(|l| l.meta().deletion_timestamp.is_none())
+        {
+            all.push((claims::link_claim(l), self.selected_nodes(&l.spec.node_selector)));
+        }
+        let losers = claims::conflicts(&all);
+        let keys: BTreeSet<Owner> = losers.keys().cloned().collect();
+        let mut last = self.last_losers.lock().expect("conflict set lock");
+        if *last != keys {
+            *last = keys;
+            self.changed.send_replace(());
+        }
+        losers
+    }
+
+    /// Publishes an event about `obj`; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(%error, reason, "publishing an event");
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Wiring of the controller process: flags, leader election, caches, the Network
+//! and Link controllers, health and metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::context::Context;
+use super::metrics::{ErrorLabel, Metrics};
+use super::nad::{CniVersion, Settings};
+use super::{Error, LABEL_MANAGED_BY, MANAGED_BY, link, network};
+use crate::api::{Link, Network, NodeNetworkState};
+use crate::multus::NetworkAttachmentDefinition;
+use crate::telemetry;
+
+/// `node-network-operator controller`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "NNO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "nno-system")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "node-network-operator-controller")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name, else host and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+    /// cniVersion of the NetworkAttachmentDefinitions.
+    #[arg(long, value_enum, default_value = "1.0.0")]
+    pub cni_version: CniVersion,
+    /// The agents' readiness socket, as the shim sees it on the node.
+    #[arg(long, default_value = "/run/nno/agent.sock")]
+    pub shim_socket: String,
+    /// Seconds the shim holds a pod's attachment waiting for the bridge.
+    #[arg(long, default_value_t = 20)]
+    pub shim_timeout: u32,
+    /// The kubeconfig whereabouts uses on the nodes.
+    #[arg(long, default_value = "/etc/cni/net.d/whereabouts.d/whereabouts.kubeconfig")]
+    pub whereabouts_kubeconfig: String,
+    /// Seconds a deleted Network waits for NotReady nodes to remove its links.
+    #[arg(long, default_value_t = 300)]
+    pub cleanup_grace: u64,
+}
+
+/// Runs the controller until SIGTERM/SIGINT, or until it loses the leader Lease.
+pub async fn run(client: kube::Client, args: Args) -> anyhow::Result<()> {
+    check_crds(&client).await?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let ready = telemetry::Readiness::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let server = telemetry::serve(args.metrics_addr, Arc::new(registry), ready.clone(), stopped).await?;
+    let server = tokio::spawn(server);
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration)
+        .with_grace((args.lease_duration / 3).max(1))
+        .with_field_manager(format!("{}/lease", super::MANAGER))
+        .build()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "setting up the leader Lease {}/{}: {e}",
+                args.lease_namespace,
+                args.lease_name
+            )
+        })?;
+    let (mut leader, lease_task) = lease.watch().await;
+    info!(identity, lease = %format!("{}/{}", args.lease_namespace, args.lease_name), "waiting to become the leader");
+    let became = tokio::select! {
+        _ = telemetry::shutdown_signal() => false,
+        became = leader.wait_for(|l| *l) => {
+            became.map_err(|_| anyhow::anyhow!("the leader election task ended"))?;
+            true
+        }
+    };
+    if !became {
+        drop(leader);
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        return Ok(());
+    }
+    info!(identity, "became the leader");
+    metrics.leader.set(1);
+    ready.set(true);
+
+    let lost = {
+        let mut leader = leader.clone();
+        async move {
+            let _ = leader.wait_for(|l| !*l).await;
+        }
+    };
+    let outcome = tokio::select! {
+        _ = controllers(client, args, metrics.clone()) => Ok(()),
+        _ = telemetry::shutdown_signal() => Ok(()),
+        _ = lost => Err(anyhow::anyhow!("lost the leader Lease: exiting so that a restart competes again")),
+    };
+    metrics.leader.set(0);
+    ready.set(false);
+    drop(leader);
+    // Closing the channel ends the lease task; release so a standby takes over at once.
+    if let Ok(Ok(manager)) = lease_task.await
+        && let Err(e) = manager.release().await
+    {
+        warn!(error = %e, "releasing the leader Lease");
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    outcome
+}
+
+async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
+    for (kind, result) in [
+        (
+            "networks.nno.dev",
+            Api::<Network>::all(client.clone())
+                .list_metadata(&ListParams::default().limit(1))
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "links.nno.dev",
+            Api::<Link>::all(client.clone())
+                .list_metadata(&ListParams::default().limit(1))
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "network-attachment-definitions.k8s.cni.cncf.io",
+            Api::<NetworkAttachmentDefinition>::all(client.clone())
+                .list_metadata(&ListParams::default().limit(1))
+                .await
+                .map(|_| ()),
+        ),
+    ] {
+        if let Err(e) = result {
+            anyhow::bail!(
+                "cannot list {kind}: {e}. Is the CRD installed (the Helm chart installs ours; multus installs NetworkAttachmentDefinitions) and may this service account list it?"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A cache of `K` kept by a watch, and the future that drives it; every change is
+/// signalled on `changed`.
+fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: watch::Sender<()>,
+) -> (Store<K>, impl std::future::Future<Output = ()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let driver = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects()
+        .for_each(move |event| {
+            match event {
+                Ok(_) => {
+                    changed.send_replace(());
+                }
+                Err(error) => {
+                    warn!(%error, kind = K::kind(&()).as_ref(), "watch failed; retrying with backoff")
+                }
+            }
+            future::ready(())
+        });
+    (reader, driver)
+}
+
+/// A stream that yields each time `changed` fires.
+fn triggers(rx: watch::Receiver<()>) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
+}
+
+async fn controllers(client: kube::Client, args: Args, metrics: Metrics) {
+    let (changed, _) = watch::channel(());
+    let (nodes, nodes_driver) = cache(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        changed.clone(),
+    );
+    let (states, states_driver) = cache(
+        Api::<NodeNetworkState>::all(client.clone()),
+        watcher::Config::default(),
+        changed.clone(),
+    );
+    let (namespaces, ns_driver) = cache(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        changed.clone(),
+    );
+
+    let networks_ctl = Controller::new(Api::<Network>::all(client.clone()), watcher::Config::default());
+    let links_ctl = Controller::new(Api::<Link>::all(client.clone()), watcher::Config::default());
+    let reporter = Reporter {
+        controller: "node-network-operator".into(),
+        instance: args.identity.clone(),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client.clone(), reporter),
+        networks_ctl.store(),
+        links_ctl.store(),
+        nodes,
+        states,
+        namespaces,
+        Settings {
+            cni_version: args.cni_version,
+            shim_socket: args.shim_socket.clone(),
+            shim_timeout_seconds: args.shim_timeout,
+            whereabouts_kubeconfig: args.whereabouts_kubeconfig.clone(),
+        },
+        Duration::from_secs(args.cleanup_grace),
+        metrics,
+        changed.clone(),
+    ));
+
+    let owned_nads = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let networks = networks_ctl
+        .owns(
+            Api::<NetworkAttachmentDefinition>::all(client.clone()),
+            owned_nads,
+        )
+        .reconcile_all_on(triggers(changed.subscribe()))
+        .run(network::reconcile, error_policy::<Network>, ctx.clone())
+        .for_each(|result| {
+            if let Err(error) = result {
+                warn!(%error, "Network reconcile");
+            }
+            future::ready(())
+        });
+    let links = links_ctl
+        .reconcile_all_on(triggers(changed.subscribe()))
+        .run(link::reconcile, error_policy::<Link>, ctx.clone())
+        .for_each(|result| {
+            if let Err(error) = result {
+                warn!(%error, "Link reconcile");
+            }
+            future::ready(())
+        });
+    info!("controllers running");
+    tokio::join!(nodes_driver, states_driver, ns_driver, networks, links);
+    error!("controllers stopped");
+}
+
+/// Logs and counts the failure and retries with a backoff that grows with each
+/// consecutive failure of the object (reset by a success, as the scheduler drops it).
+fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let kind = K::kind(&());
+    let kind: &'static str = if kind == "Network" { "Network" } else { "Link" };
+    warn!(%error, kind, name = %obj.name_any(), "reconcile failed; retrying");
+    ctx.metrics
+        .failures
+        .get_or_create(&ErrorLabel {
+            kind,
+            error: error.metric_label(),
+        })
+        .inc();
+    Action::requeue(Duration::from_secs(5))
+}
