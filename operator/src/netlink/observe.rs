@@ -252,11 +252,21 @@ pub(crate) fn parse_zero_fdb(msg: &NeighbourMessage) -> Option<(u32, IpAddr)> {
             }
             NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(IpAddr::V4(*ip)),
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => dst = Some(IpAddr::V6(*ip)),
+            // In AF_BRIDGE messages the crate cannot tell the family: raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => dst = ip_from_bytes(raw),
             _ => {}
         }
     }
     zero_mac.then_some(())?;
     Some((msg.header.ifindex, dst?))
+}
+
+fn ip_from_bytes(raw: &[u8]) -> Option<IpAddr> {
+    match raw.len() {
+        4 => <[u8; 4]>::try_from(raw).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(raw).ok().map(IpAddr::from),
+        _ => None,
+    }
 }
 
 fn parse_route(msg: &RouteMessage) -> Option<RouteHit> {
@@ -403,9 +413,15 @@ mod tests {
         m.header.ifindex = 9;
         m.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-        if let Some(IpAddr::V4(ip)) = dst {
+        // As the kernel's AF_BRIDGE messages parse: raw address bytes.
+        let raw = match dst {
+            Some(IpAddr::V4(ip)) => Some(ip.octets().to_vec()),
+            Some(IpAddr::V6(ip)) => Some(ip.octets().to_vec()),
+            None => None,
+        };
+        if let Some(raw) = raw {
             m.attributes
-                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Other(raw)));
         }
         m
     }
@@ -422,6 +438,11 @@ mod tests {
             None
         );
         assert_eq!(parse_zero_fdb(&neigh(AddressFamily::Bridge, [0; 6], None)), None);
+        let v6: IpAddr = "2001:db8::2".parse().unwrap();
+        assert_eq!(
+            parse_zero_fdb(&neigh(AddressFamily::Bridge, [0; 6], Some(v6))),
+            Some((9, v6))
+        );
         assert_eq!(
             parse_zero_fdb(&neigh(AddressFamily::Inet, [0; 6], Some(dst))),
             None
