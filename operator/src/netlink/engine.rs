@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use nix::sched::CloneFlags;
 use rtnetlink::Handle;
+use rtnetlink::sys::AsyncSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -66,7 +67,11 @@ impl Engine {
             target: "this network namespace".into(),
             source,
         };
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(io)?;
+        let (mut conn, handle, _) = rtnetlink::new_connection().map_err(io)?;
+        // Errors carry the kernel's reason text ("Cannot change VNI").
+        let socket = conn.socket_mut().socket_mut();
+        socket.set_cap_ack(true).map_err(io)?;
+        socket.set_ext_ack(true).map_err(io)?;
         let mut tasks = vec![tokio::spawn(conn)];
         let (events, task) = events::subscribe()?;
         tasks.push(task);
