@@ -5,6 +5,7 @@ pub mod api;
 pub mod controller;
 pub mod model;
 pub mod multus;
+pub mod netlink;
 pub mod readiness;
 pub mod runtime;
 pub mod telemetry;

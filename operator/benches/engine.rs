@@ -1,0 +1,222 @@
+//! Benchmark (not a test): apply 100 bridges + 100 VXLANs (each VXLAN enslaved to
+//! its bridge, with one unicast FDB peer) into a fresh network namespace, then a
+//! no-op pass; and the same topology with iproute2 in the same run, one process
+//! per command and in `-batch` mode. Run as root: `cargo bench --bench engine`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nno::netlink::{Carrier, DesiredKind, DesiredLink, Engine, VxlanConfig, marker};
+use support::Netns;
+
+const N: usize = 100;
+const OWNER: &str = "Benchmark/engine";
+
+fn desired() -> Vec<DesiredLink> {
+    let mut d = Vec::new();
+    for i in 0..N {
+        d.push(DesiredLink {
+            name: format!("nbr{i}"),
+            owner: OWNER.into(),
+            kind: DesiredKind::Bridge { mtu: Some(1450) },
+            up: true,
+        });
+        d.push(DesiredLink {
+            name: format!("nvx{i}"),
+            owner: OWNER.into(),
+            kind: DesiredKind::Vxlan(VxlanConfig {
+                vni: 1000 + i as u32,
+                port: 4789,
+                source_ports: None,
+                learning: true,
+                ttl: None,
+                group: None,
+                remote: None,
+                peers: vec!["198.18.0.2".parse().unwrap()],
+                carrier: Carrier::Named("under0".into()),
+                mtu: None,
+                master: Some(format!("nbr{i}")),
+            }),
+            up: true,
+        });
+    }
+    d
+}
+
+/// The same topology as iproute2 commands: (ip commands, bridge commands).
+fn commands() -> (Vec<String>, Vec<String>) {
+    let alias = marker(OWNER);
+    let mut ip = Vec::new();
+    let mut bridge = Vec::new();
+    for i in 0..N {
+        ip.push(format!("link add nbr{i} type bridge stp_state 0"));
+        ip.push(format!("link set nbr{i} alias \"{alias}\" mtu 1450 up"));
+        ip.push(format!(
+            "link add nvx{i} type vxlan id {} dev under0 local 198.18.0.1 dstport 4789",
+            1000 + i
+        ));
+        ip.push(format!(
+            "link set nvx{i} alias \"{alias}\" mtu 1450 master nbr{i} up"
+        ));
+        bridge.push(format!("fdb append 00:00:00:00:00:00 dev nvx{i} dst 198.18.0.2"));
+    }
+    (ip, bridge)
+}
+
+fn fresh(tag: &str) -> Netns {
+    let ns = Netns::new(tag);
+    ns.veth("under0", "under0p", &["198.18.0.1/24"]);
+    ns
+}
+
+/// Checks that a namespace ended up with the benchmark topology.
+fn verify(ns: &Netns) {
+    for i in [0, N / 2, N - 1] {
+        let vx = ns.link(&format!("nvx{i}")).expect("vxlan exists");
+        assert_eq!(vx["master"], format!("nbr{i}"));
+        assert_eq!(vx["mtu"], 1450);
+        assert!(support::is_up(&vx));
+        assert_eq!(ns.zero_fdb(&format!("nvx{i}")).len(), 1);
+        assert_eq!(ns.link(&format!("nbr{i}")).unwrap()["mtu"], 1450);
+    }
+}
+
+fn batch(cmd: &str, ns: &Netns, lines: &[String]) {
+    let mut child = Command::new(cmd)
+        .args(["-n", &ns.name, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.join("\n").as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{cmd} -batch failed");
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    support::require_root();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let desired = desired();
+
+    // The engine.
+    let ns = fresh("bench-engine");
+    let (apply, apply_writes, noop, noop_writes) = rt.block_on(async {
+        let mut engine = Engine::in_netns(ns.path()).unwrap();
+        let writes = engine.write_counter();
+        let t = Instant::now();
+        let states = engine.reconcile(&desired).await;
+        let apply = t.elapsed();
+        let apply_writes = writes.get();
+        assert!(states.iter().all(|s| s.ready), "not all ready: {states:?}");
+        let t = Instant::now();
+        let states = engine.reconcile(&desired).await;
+        let noop = t.elapsed();
+        assert!(states.iter().all(|s| s.ready));
+        (apply, apply_writes, noop, writes.get() - apply_writes)
+    });
+    verify(&ns);
+    drop(ns);
+
+    // iproute2, one process per command, as a shell script would do it.
+    let (ip_cmds, bridge_cmds) = commands();
+    let processes = ip_cmds.len() + bridge_cmds.len();
+    let ns = fresh("bench-ip");
+    let t = Instant::now();
+    for line in &ip_cmds {
+        let args: Vec<String> = shell_words(line);
+        let mut full = vec!["-n".to_string(), ns.name.clone()];
+        full.extend(args);
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        support::run("ip", &full).unwrap();
+    }
+    for line in &bridge_cmds {
+        let mut full = vec!["-n", ns.name.as_str()];
+        full.extend(line.split(' '));
+        support::run("bridge", &full).unwrap();
+    }
+    let per_command = t.elapsed();
+    verify(&ns);
+    drop(ns);
+
+    // iproute2 in batch mode: one ip process, one bridge process.
+    let ns = fresh("bench-batch");
+    let t = Instant::now();
+    batch("ip", &ns, &ip_cmds);
+    batch("bridge", &ns, &bridge_cmds);
+    let batched = t.elapsed();
+    verify(&ns);
+    drop(ns);
+
+    println!();
+    println!("{N} bridges + {N} VXLANs (each enslaved, MTU 1450, 1 FDB peer) into a fresh namespace");
+    println!("{:<42} {:>10} {:>16}", "", "time", "netlink writes");
+    println!(
+        "{:<42} {:>8.1}ms {:>16}",
+        "engine: apply",
+        ms(apply),
+        apply_writes
+    );
+    println!(
+        "{:<42} {:>8.1}ms {:>16}",
+        "engine: no-op pass",
+        ms(noop),
+        noop_writes
+    );
+    println!(
+        "{:<42} {:>8.1}ms {:>16}",
+        format!("iproute2: {processes} commands, one process each"),
+        ms(per_command),
+        processes
+    );
+    println!(
+        "{:<42} {:>8.1}ms {:>16}",
+        "iproute2: ip -batch + bridge -batch",
+        ms(batched),
+        processes
+    );
+    println!(
+        "ratio iproute2 per-command / engine apply: {:.1}x",
+        per_command.as_secs_f64() / apply.as_secs_f64()
+    );
+    println!(
+        "ratio iproute2 batch / engine apply:       {:.2}x",
+        batched.as_secs_f64() / apply.as_secs_f64()
+    );
+}
+
+/// Splits a command line on spaces, keeping double-quoted words whole.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}

@@ -1,0 +1,308 @@
+//! The engine's data model: what the caller desires ([`DesiredLink`]), what it gets
+//! back ([`LinkState`]), and what the engine reads from the kernel ([`Observed`]).
+//! Plain data, no I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// One interface the node should have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredLink {
+    /// Interface name (at most 15 bytes, no `/` or whitespace).
+    pub name: String,
+    /// Who wants it, e.g. `Network/gw` or `Link/br0`. Written into the ownership
+    /// marker of interfaces the engine creates, for diagnostics.
+    pub owner: String,
+    pub kind: DesiredKind,
+    /// `false`: keep the interface (or bring it) admin-down, e.g. while a
+    /// non-optional dependency is not Ready. Ignored for [`DesiredKind::Unmanaged`].
+    pub up: bool,
+}
+
+/// What kind of interface, and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DesiredKind {
+    /// A Linux bridge, STP off. `mtu: None` leaves the MTU alone.
+    Bridge { mtu: Option<u32> },
+    /// A VXLAN VTEP.
+    Vxlan(VxlanConfig),
+    /// An existing interface: never created, deleted or reconfigured, except
+    /// being enslaved to `master` when asked.
+    Unmanaged { master: Option<String> },
+}
+
+/// VXLAN settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanConfig {
+    /// VXLAN network identifier, 1 ..= 2^24-1.
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// UDP source port range (inclusive); `None` = kernel default.
+    pub source_ports: Option<(u16, u16)>,
+    /// Learn remote MAC addresses from received packets.
+    pub learning: bool,
+    /// TTL of encapsulated packets; `None` = kernel default (inherit from route).
+    pub ttl: Option<u8>,
+    /// Multicast group (`IFLA_VXLAN_GROUP`).
+    pub group: Option<IpAddr>,
+    /// A single unicast remote VTEP (also `IFLA_VXLAN_GROUP`, unicast).
+    pub remote: Option<IpAddr>,
+    /// Unicast peers, programmed as all-zero-MAC FDB entries (head-end replication).
+    pub peers: Vec<IpAddr>,
+    /// The interface that carries the encapsulated traffic.
+    pub carrier: Carrier,
+    /// `None` = carrier MTU minus the VXLAN overhead (50 for IPv4, 70 for IPv6).
+    pub mtu: Option<u32>,
+    /// Bridge to enslave the VTEP to.
+    pub master: Option<String>,
+}
+
+/// How the carrier (underlay) interface of a VXLAN is found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    /// This interface.
+    Named(String),
+    /// The interface the kernel routes this address through (a route lookup).
+    RouteTo(IpAddr),
+    /// The interface that holds this address (which is then the local address).
+    HoldingAddress(IpAddr),
+}
+
+/// What the engine reports for each desired link after a pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    pub name: String,
+    pub ready: bool,
+    /// CamelCase reason, one of the constants in [`reason`].
+    pub reason: String,
+    /// What is wrong and what to do about it; names the interface and carrier.
+    pub message: String,
+    /// MTU of the interface as read back from the kernel.
+    pub mtu: Option<u32>,
+    /// The carrier interface (VXLAN only).
+    pub carrier: Option<String>,
+    /// The carrier's MTU (VXLAN only): the controller derives the network MTU from it.
+    pub carrier_mtu: Option<u32>,
+    /// The VTEP address: the carrier's address of the underlay family (VXLAN only).
+    pub local_address: Option<IpAddr>,
+}
+
+/// Reasons of [`LinkState`].
+pub mod reason {
+    /// The interface matches what was desired and is up.
+    pub const READY: &str = "Ready";
+    /// The interface was not brought to the desired state in this pass (yet).
+    pub const PENDING: &str = "Pending";
+    /// The carrier interface (or route, or address) of a VXLAN does not exist.
+    pub const CARRIER_MISSING: &str = "CarrierMissing";
+    /// The carrier has no address of the underlay family to use as VTEP address.
+    pub const CARRIER_ADDRESS_MISSING: &str = "CarrierAddressMissing";
+    /// The carrier exists but is admin-down.
+    pub const CARRIER_DOWN: &str = "CarrierDown";
+    /// An interface of that name exists and was not created by this engine.
+    pub const NAME_CONFLICT: &str = "NameConflict";
+    /// The master bridge does not exist (or is not a usable bridge).
+    pub const MASTER_MISSING: &str = "MasterMissing";
+    /// The interface is held admin-down on request, or (unmanaged) is down.
+    pub const ADMIN_DOWN: &str = "AdminDown";
+    /// Admin-up but the kernel reports it operationally down.
+    pub const OPER_DOWN: &str = "OperDown";
+    /// An unmanaged interface does not exist.
+    pub const NOT_FOUND: &str = "NotFound";
+    /// The desired settings are invalid (name, VNI, addresses, MTU).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The kernel refused a request; the message has the operation and errno.
+    pub const NETLINK_ERROR: &str = "NetlinkError";
+}
+
+/// VXLAN encapsulation overhead over an IPv4 underlay (outer IPv4 + UDP + VXLAN + inner Ethernet).
+pub const VXLAN_OVERHEAD_V4: u32 = 50;
+/// VXLAN encapsulation overhead over an IPv6 underlay.
+pub const VXLAN_OVERHEAD_V6: u32 = 70;
+/// Smallest MTU the kernel accepts for an Ethernet-like device.
+pub const MIN_MTU: u32 = 68;
+
+/// Prefix of the ownership marker the engine writes into `IFLA_IFALIAS` of every
+/// interface it creates: `nno.dev owner=<owner>`.
+pub const MARKER_PREFIX: &str = "nno.dev owner=";
+
+/// The ownership marker for an interface created on behalf of `owner`.
+pub fn marker(owner: &str) -> String {
+    format!("{MARKER_PREFIX}{owner}")
+}
+
+/// Whether an interface alias is an ownership marker of this engine, and whose.
+pub fn marker_owner(alias: &str) -> Option<&str> {
+    alias.strip_prefix(MARKER_PREFIX)
+}
+
+/// The underlay address family of a VXLAN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// Bytes of encapsulation a VXLAN over this family adds.
+    pub fn overhead(self) -> u32 {
+        match self {
+            Family::V4 => VXLAN_OVERHEAD_V4,
+            Family::V6 => VXLAN_OVERHEAD_V6,
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// A snapshot of the node as read over rtnetlink: the input of the planner.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Every interface, by name.
+    pub links: BTreeMap<String, ObservedLink>,
+    /// Addresses by interface index.
+    pub addresses: BTreeMap<u32, Vec<ObservedAddress>>,
+    /// Route lookups done for [`Carrier::RouteTo`]; `None`: no route.
+    pub routes: BTreeMap<IpAddr, Option<RouteHit>>,
+    /// Destinations of the all-zero-MAC FDB entries, by VXLAN interface index.
+    pub fdb: BTreeMap<u32, BTreeSet<IpAddr>>,
+}
+
+impl Observed {
+    pub fn by_index(&self, index: u32) -> Option<&ObservedLink> {
+        self.links.values().find(|l| l.index == index)
+    }
+
+    /// The interface holding `ip`, if any.
+    pub fn holder_of(&self, ip: &IpAddr) -> Option<&ObservedLink> {
+        let index = self
+            .addresses
+            .iter()
+            .find(|(_, addrs)| addrs.iter().any(|a| a.address == *ip))
+            .map(|(i, _)| *i)?;
+        self.by_index(index)
+    }
+
+    /// First usable address of `family` on interface `index`: global scope
+    /// preferred, IPv6 link-local never.
+    pub fn address_of(&self, index: u32, family: Family) -> Option<IpAddr> {
+        let addrs = self.addresses.get(&index)?;
+        let usable = |a: &&ObservedAddress| {
+            Family::of(&a.address) == family
+                && !matches!(a.address, IpAddr::V6(v6) if v6.is_unicast_link_local())
+        };
+        addrs
+            .iter()
+            .filter(usable)
+            .find(|a| a.global)
+            .or_else(|| addrs.iter().find(usable))
+            .map(|a| a.address)
+    }
+}
+
+/// One interface as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedLink {
+    pub index: u32,
+    pub name: String,
+    pub kind: ObservedKind,
+    pub alias: Option<String>,
+    pub mtu: u32,
+    /// `IFF_UP`.
+    pub admin_up: bool,
+    pub oper: OperState,
+    /// Index of the master device.
+    pub master: Option<u32>,
+}
+
+impl ObservedLink {
+    /// Whether this engine created the interface (it carries the marker).
+    pub fn owned(&self) -> bool {
+        self.alias.as_deref().and_then(marker_owner).is_some()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObservedKind {
+    Bridge {
+        stp: bool,
+    },
+    Vxlan(ObservedVxlan),
+    /// Any other kind (`veth`, ...) or a device without a kind (physical NIC).
+    Other(String),
+}
+
+impl ObservedKind {
+    pub fn describe(&self) -> &str {
+        match self {
+            ObservedKind::Bridge { .. } => "bridge",
+            ObservedKind::Vxlan(_) => "vxlan",
+            ObservedKind::Other(k) => k,
+        }
+    }
+}
+
+/// The VXLAN attributes the engine manages, as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedVxlan {
+    pub vni: u32,
+    pub port: u16,
+    /// `(0, 0)` is the kernel default.
+    pub port_range: (u16, u16),
+    pub learning: bool,
+    /// `0` is the kernel default (inherit).
+    pub ttl: u8,
+    /// Multicast group or unicast remote.
+    pub remote: Option<IpAddr>,
+    pub local: Option<IpAddr>,
+    /// Index of the carrier.
+    pub link: Option<u32>,
+}
+
+impl ObservedVxlan {
+    /// The underlay family the kernel fixed for this device, if any address says.
+    pub fn family(&self) -> Option<Family> {
+        self.local.or(self.remote).as_ref().map(Family::of)
+    }
+}
+
+/// Operational state (`IFLA_OPERSTATE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperState {
+    Up,
+    /// What an up VXLAN reports: counts as up.
+    Unknown,
+    Down,
+    LowerLayerDown,
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedAddress {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    /// Scope global (not host or link).
+    pub global: bool,
+}
+
+/// Result of a route lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteHit {
+    pub oif: u32,
+    pub prefsrc: Option<IpAddr>,
+}
