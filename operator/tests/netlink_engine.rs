@@ -707,3 +707,34 @@ async fn carrier_mtu_and_address_changes_follow_through() {
     assert!(ok, "{:?}", *states.borrow());
     assert!(states.borrow()[0].message.contains("under0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multicast_group_and_remote_change_in_place() {
+    let ns = Netns::new("group");
+    ns.veth("under0", "under0p", &["198.18.0.1/24"]);
+    let mut engine = Engine::in_netns(ns.path()).unwrap();
+    let mut desired = vec![vxlan("vx0", "under0", |c| c.group = Some(ip("239.1.1.1")))];
+    assert_all_ready(&pass(&mut engine, &desired).await.0);
+    let index = ns.ifindex("vx0").unwrap();
+    assert_eq!(ns.zero_fdb("vx0"), ["239.1.1.1".to_string()].into());
+
+    vx_config(&mut desired[0]).group = Some(ip("239.1.1.2"));
+    let (states, writes) = pass(&mut engine, &desired).await;
+    assert_all_ready(&states);
+    assert_eq!(writes, 1);
+    assert_eq!(info_data(&ns.link("vx0").unwrap())["group"], "239.1.1.2");
+    assert_eq!(ns.zero_fdb("vx0"), ["239.1.1.2".to_string()].into());
+
+    let c = vx_config(&mut desired[0]);
+    c.group = None;
+    c.remote = Some(ip("198.18.0.2"));
+    let (states, writes) = pass(&mut engine, &desired).await;
+    assert_all_ready(&states);
+    assert_eq!(writes, 1);
+    let vx = ns.link("vx0").unwrap();
+    assert_eq!(info_data(&vx)["remote"], "198.18.0.2");
+    assert!(info_data(&vx).get("group").is_none());
+    assert_eq!(ns.zero_fdb("vx0"), ["198.18.0.2".to_string()].into());
+    assert_eq!(ns.ifindex("vx0"), Some(index), "all in place");
+    assert_eq!(pass(&mut engine, &desired).await.1, 0);
+}
