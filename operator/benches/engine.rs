@@ -104,6 +104,71 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Measurements are repeated this many times, each into a fresh namespace; the
+/// median is reported (the machine is shared, single runs are noisy).
+const RUNS: usize = 5;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn engine_run(
+    rt: &tokio::runtime::Runtime,
+    desired: &[DesiredLink],
+    keep: &mut Vec<Netns>,
+) -> (Duration, u64, Duration, u64) {
+    let ns = fresh("bench-engine");
+    let r = rt.block_on(async {
+        let mut engine = Engine::in_netns(ns.path()).unwrap();
+        let writes = engine.write_counter();
+        let t = Instant::now();
+        let states = engine.reconcile(desired).await;
+        let apply = t.elapsed();
+        let apply_writes = writes.get();
+        assert!(states.iter().all(|s| s.ready), "not all ready: {states:?}");
+        let t = Instant::now();
+        let states = engine.reconcile(desired).await;
+        let noop = t.elapsed();
+        assert!(states.iter().all(|s| s.ready));
+        (apply, apply_writes, noop, writes.get() - apply_writes)
+    });
+    verify(&ns);
+    keep.push(ns);
+    r
+}
+
+fn per_command_run(ip_cmds: &[String], bridge_cmds: &[String], keep: &mut Vec<Netns>) -> Duration {
+    let ns = fresh("bench-ip");
+    let t = Instant::now();
+    for line in ip_cmds {
+        let mut full = vec!["-n".to_string(), ns.name.clone()];
+        full.extend(shell_words(line));
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        support::run("ip", &full).unwrap();
+    }
+    for line in bridge_cmds {
+        let mut full = vec!["-n", ns.name.as_str()];
+        full.extend(line.split(' '));
+        support::run("bridge", &full).unwrap();
+    }
+    let took = t.elapsed();
+    verify(&ns);
+    keep.push(ns);
+    took
+}
+
+fn batch_run(ip_cmds: &[String], bridge_cmds: &[String], keep: &mut Vec<Netns>) -> Duration {
+    let ns = fresh("bench-batch");
+    let t = Instant::now();
+    batch("ip", &ns, ip_cmds);
+    batch("bridge", &ns, bridge_cmds);
+    let took = t.elapsed();
+    verify(&ns);
+    keep.push(ns);
+    took
+}
+
 fn main() {
     support::require_root();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -112,91 +177,61 @@ fn main() {
         .build()
         .unwrap();
     let desired = desired();
-
-    // The engine.
-    let ns = fresh("bench-engine");
-    let (apply, apply_writes, noop, noop_writes) = rt.block_on(async {
-        let mut engine = Engine::in_netns(ns.path()).unwrap();
-        let writes = engine.write_counter();
-        let t = Instant::now();
-        let states = engine.reconcile(&desired).await;
-        let apply = t.elapsed();
-        let apply_writes = writes.get();
-        assert!(states.iter().all(|s| s.ready), "not all ready: {states:?}");
-        let t = Instant::now();
-        let states = engine.reconcile(&desired).await;
-        let noop = t.elapsed();
-        assert!(states.iter().all(|s| s.ready));
-        (apply, apply_writes, noop, writes.get() - apply_writes)
-    });
-    verify(&ns);
-    drop(ns);
-
-    // iproute2, one process per command, as a shell script would do it.
     let (ip_cmds, bridge_cmds) = commands();
     let processes = ip_cmds.len() + bridge_cmds.len();
-    let ns = fresh("bench-ip");
-    let t = Instant::now();
-    for line in &ip_cmds {
-        let args: Vec<String> = shell_words(line);
-        let mut full = vec!["-n".to_string(), ns.name.clone()];
-        full.extend(args);
-        let full: Vec<&str> = full.iter().map(String::as_str).collect();
-        support::run("ip", &full).unwrap();
-    }
-    for line in &bridge_cmds {
-        let mut full = vec!["-n", ns.name.as_str()];
-        full.extend(line.split(' '));
-        support::run("bridge", &full).unwrap();
-    }
-    let per_command = t.elapsed();
-    verify(&ns);
-    drop(ns);
 
-    // iproute2 in batch mode: one ip process, one bridge process.
-    let ns = fresh("bench-batch");
-    let t = Instant::now();
-    batch("ip", &ns, &ip_cmds);
-    batch("bridge", &ns, &bridge_cmds);
-    let batched = t.elapsed();
-    verify(&ns);
-    drop(ns);
+    let (mut apply, mut noop, mut per_command, mut batched) = (vec![], vec![], vec![], vec![]);
+    let (mut apply_writes, mut noop_writes) = (0, 0);
+    // Namespaces are removed only at the end: the kernel tears a namespace down
+    // asynchronously, holding the rtnl lock, which would slow the next run.
+    let mut keep = Vec::new();
+    // Interleaved, so that load from elsewhere hits all variants alike.
+    for _ in 0..RUNS {
+        let (a, aw, n, nw) = engine_run(&rt, &desired, &mut keep);
+        apply.push(a);
+        noop.push(n);
+        apply_writes = aw;
+        noop_writes = noop_writes.max(nw);
+        per_command.push(per_command_run(&ip_cmds, &bridge_cmds, &mut keep));
+        batched.push(batch_run(&ip_cmds, &bridge_cmds, &mut keep));
+    }
+    let spread = |v: &[Duration]| {
+        let min = v.iter().min().unwrap();
+        let max = v.iter().max().unwrap();
+        format!("{:.1}-{:.1}", ms(*min), ms(*max))
+    };
 
     println!();
     println!("{N} bridges + {N} VXLANs (each enslaved, MTU 1450, 1 FDB peer) into a fresh namespace");
-    println!("{:<42} {:>10} {:>16}", "", "time", "netlink writes");
-    println!(
-        "{:<42} {:>8.1}ms {:>16}",
-        "engine: apply",
-        ms(apply),
-        apply_writes
+    println!("median of {RUNS} runs, each into a fresh namespace");
+    println!("{:<42} {:>10} {:>14} {:>8}", "", "median", "min-max ms", "writes");
+    let row = |what: &str, v: &[Duration], writes: u64| {
+        println!(
+            "{:<42} {:>8.1}ms {:>14} {:>8}",
+            what,
+            ms(median(v.to_vec())),
+            spread(v),
+            writes
+        );
+    };
+    row("engine: apply", &apply, apply_writes);
+    row("engine: no-op pass", &noop, noop_writes);
+    row(
+        &format!("iproute2: {processes} commands, one process each"),
+        &per_command,
+        processes as u64,
     );
-    println!(
-        "{:<42} {:>8.1}ms {:>16}",
-        "engine: no-op pass",
-        ms(noop),
-        noop_writes
-    );
-    println!(
-        "{:<42} {:>8.1}ms {:>16}",
-        format!("iproute2: {processes} commands, one process each"),
-        ms(per_command),
-        processes
-    );
-    println!(
-        "{:<42} {:>8.1}ms {:>16}",
-        "iproute2: ip -batch + bridge -batch",
-        ms(batched),
-        processes
-    );
+    row("iproute2: ip -batch + bridge -batch", &batched, processes as u64);
+    let (a, p, b) = (median(apply), median(per_command), median(batched));
     println!(
         "ratio iproute2 per-command / engine apply: {:.1}x",
-        per_command.as_secs_f64() / apply.as_secs_f64()
+        p.as_secs_f64() / a.as_secs_f64()
     );
     println!(
         "ratio iproute2 batch / engine apply:       {:.2}x",
-        batched.as_secs_f64() / apply.as_secs_f64()
+        b.as_secs_f64() / a.as_secs_f64()
     );
+    drop(keep);
 }
 
 /// Splits a command line on spaces, keeping double-quoted words whole.

@@ -642,3 +642,99 @@ async fn a_late_carrier_gets_its_vxlan_the_moment_it_appears() {
     let s = states.borrow().clone();
     assert_eq!(state(&s, "vx-gw").local_address, Some(ip("198.18.0.1")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_mtu_and_address_changes_follow_through() {
+    let ns = Netns::new("carrierchg");
+    ns.veth("under0", "under0p", &["198.18.0.1/24"]);
+    let desired = vec![vxlan("vx0", "under0", |c| c.peers = vec![ip("198.18.0.2")])];
+    let (_desired, mut states, _) = spawn_run(&ns, desired);
+    wait_ready(&mut states, 1).await;
+    let index = ns.ifindex("vx0").unwrap();
+
+    // The derived MTU follows the carrier's, and so does the reported carrier MTU.
+    let start = Instant::now();
+    ns.ip(&["link", "set", "under0", "mtu", "9000"]);
+    let took = tokio::task::block_in_place(|| {
+        time_until(start, "carrier MTU", || {
+            ns.link("vx0").is_some_and(|l| l["mtu"] == 8950)
+        })
+    });
+    println!(
+        "carrier MTU 1500 -> 9000: VXLAN MTU 8950 after {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+    let ok = tokio::time::timeout(
+        Duration::from_secs(2),
+        states.wait_for(|s| s[0].carrier_mtu == Some(9000) && s[0].ready),
+    )
+    .await
+    .is_ok();
+    assert!(ok, "{:?}", *states.borrow());
+
+    // A new carrier address becomes the local address, in place. (Another
+    // subnet: deleting a primary address also deletes its secondaries.)
+    let start = Instant::now();
+    ns.ip(&["addr", "add", "198.18.2.5/24", "dev", "under0"]);
+    ns.ip(&["addr", "del", "198.18.0.1/24", "dev", "under0"]);
+    let took = tokio::task::block_in_place(|| {
+        time_until(start, "carrier address", || {
+            ns.link("vx0")
+                .is_some_and(|l| info_data(&l)["local"] == "198.18.2.5")
+        })
+    });
+    println!(
+        "carrier address moved: local updated after {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert_eq!(ns.ifindex("vx0"), Some(index), "changed in place");
+    let ok = tokio::time::timeout(
+        Duration::from_secs(2),
+        states.wait_for(|s| s[0].local_address == Some(ip("198.18.2.5")) && s[0].ready),
+    )
+    .await
+    .is_ok();
+    assert!(ok, "{:?}", *states.borrow());
+
+    // No address of the family left: not Ready, named.
+    ns.ip(&["addr", "del", "198.18.2.5/24", "dev", "under0"]);
+    let ok = tokio::time::timeout(
+        Duration::from_secs(2),
+        states.wait_for(|s| s[0].reason == reason::CARRIER_ADDRESS_MISSING),
+    )
+    .await
+    .is_ok();
+    assert!(ok, "{:?}", *states.borrow());
+    assert!(states.borrow()[0].message.contains("under0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multicast_group_and_remote_change_in_place() {
+    let ns = Netns::new("group");
+    ns.veth("under0", "under0p", &["198.18.0.1/24"]);
+    let mut engine = Engine::in_netns(ns.path()).unwrap();
+    let mut desired = vec![vxlan("vx0", "under0", |c| c.group = Some(ip("239.1.1.1")))];
+    assert_all_ready(&pass(&mut engine, &desired).await.0);
+    let index = ns.ifindex("vx0").unwrap();
+    assert_eq!(ns.zero_fdb("vx0"), ["239.1.1.1".to_string()].into());
+
+    vx_config(&mut desired[0]).group = Some(ip("239.1.1.2"));
+    let (states, writes) = pass(&mut engine, &desired).await;
+    assert_all_ready(&states);
+    assert_eq!(writes, 1);
+    assert_eq!(info_data(&ns.link("vx0").unwrap())["group"], "239.1.1.2");
+    assert_eq!(ns.zero_fdb("vx0"), ["239.1.1.2".to_string()].into());
+
+    let c = vx_config(&mut desired[0]);
+    c.group = None;
+    c.remote = Some(ip("198.18.0.2"));
+    let (states, writes) = pass(&mut engine, &desired).await;
+    assert_all_ready(&states);
+    assert_eq!(writes, 1);
+    let vx = ns.link("vx0").unwrap();
+    assert_eq!(info_data(&vx)["remote"], "198.18.0.2");
+    assert!(info_data(&vx).get("group").is_none());
+    assert_eq!(ns.zero_fdb("vx0"), ["198.18.0.2".to_string()].into());
+    assert_eq!(ns.ifindex("vx0"), Some(index), "all in place");
+    assert_eq!(pass(&mut engine, &desired).await.1, 0);
+}

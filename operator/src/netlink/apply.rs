@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
-use netlink_packet_route::link::{BridgeStpState, InfoKind, LinkMessage};
+use netlink_packet_route::link::{BridgeStpState, InfoKind, LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -96,28 +97,20 @@ impl<'a> Applier<'a> {
                 self.delete(name).await?;
             }
             Step::CreateBridge { name } => {
-                self.indices.remove(name);
-                self.writes.add();
-                self.handle
-                    .link()
-                    .add(create_bridge_msg(name))
-                    .execute()
-                    .await
-                    .map_err(|e| Error::netlink(Operation::CreateBridge, name, e))?;
+                self.create(name, create_bridge_msg(name), Operation::CreateBridge)
+                    .await?;
             }
             Step::CreateVxlan { name, params } => {
-                self.indices.remove(name);
                 let carrier = self.index(&params.carrier).await?.ok_or_else(|| Error::Missing {
                     op: Operation::CreateVxlan,
                     target: format!("{name} (carrier {})", params.carrier),
                 })?;
-                self.writes.add();
-                self.handle
-                    .link()
-                    .add(create_vxlan_msg(name, params, carrier))
-                    .execute()
-                    .await
-                    .map_err(|e| Error::netlink(Operation::CreateVxlan, name, e))?;
+                self.create(
+                    name,
+                    create_vxlan_msg(name, params, carrier),
+                    Operation::CreateVxlan,
+                )
+                .await?;
             }
             Step::StpOff { name } => {
                 let index = self.require(name, Operation::ChangeBridge).await?;
@@ -198,6 +191,32 @@ impl<'a> Applier<'a> {
             }
         }
         Ok(Outcome::Done)
+    }
+
+    /// `RTM_NEWLINK` with create, exclusive and echo: the kernel (6.1 and later)
+    /// echoes the new link, which gives its index without a read. Older kernels
+    /// do not echo; the index is then read when first needed.
+    async fn create(&mut self, name: &str, msg: LinkMessage, op: Operation) -> Result<(), Error> {
+        self.indices.remove(name);
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO;
+        self.writes.add();
+        let mut handle = self.handle.clone();
+        let mut response = handle.request(req).map_err(|e| Error::netlink(op, name, e))?;
+        while let Some(msg) = response.next().await {
+            match msg.payload {
+                NetlinkPayload::Error(e) => {
+                    return Err(Error::netlink(op, name, rtnetlink::Error::NetlinkError(e)));
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
+                    if link.attributes.contains(&LinkAttribute::IfName(name.to_string())) =>
+                {
+                    self.indices.insert(name.to_string(), link.header.index);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     async fn delete(&mut self, name: &str) -> Result<(), Error> {
@@ -365,7 +384,7 @@ pub(crate) fn fdb_msg(index: u32, dst: IpAddr) -> NeighbourMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_route::link::{InfoBridge, InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo};
+    use netlink_packet_route::link::{InfoBridge, InfoData, InfoVxlan, LinkFlags, LinkInfo};
 
     fn vxlan_data(m: &LinkMessage) -> Vec<InfoVxlan> {
         m.attributes

@@ -57,6 +57,11 @@ impl Engine {
     /// Opens both connections in the network namespace of the calling thread.
     /// Must be called within a tokio runtime (the connections are spawned on it).
     pub fn new() -> Result<Self, Error> {
+        tokio::runtime::Handle::try_current().map_err(|e| Error::Io {
+            op: Operation::Subscribe,
+            target: "this network namespace (no tokio runtime)".into(),
+            source: std::io::Error::other(e),
+        })?;
         let netns = File::open("/proc/thread-self/ns/net").map_err(|source| Error::Io {
             op: Operation::Subscribe,
             target: "/proc/thread-self/ns/net".into(),
