@@ -1,7 +1,9 @@
 //! node-network-operator: prepares node networking (Linux bridges and VXLAN VTEPs) for
 //! multus secondary networks.
 
+pub mod agent;
 pub mod api;
+pub mod cache;
 pub mod controller;
 pub mod model;
 pub mod multus;

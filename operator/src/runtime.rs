@@ -19,6 +19,13 @@ struct Args {
 enum Command {
     /// Print the CustomResourceDefinitions (YAML) that the Helm chart ships.
     Crds,
+    /// Run the per-node agent (bridges, VXLANs, NodeNetworkState, readiness socket).
+    Agent {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: crate::agent::run::Args,
+    },
     /// Run the cluster-wide controller (NADs, MTU, status, cleanup).
     Controller {
         #[command(flatten)]
@@ -66,6 +73,10 @@ pub fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Crds => print_crds(),
+        Command::Agent { common, args } => {
+            crate::telemetry::init_tracing(common.log_format);
+            block_on(async move { crate::agent::run::run(client(&common).await?, args).await })
+        }
         Command::Controller { common, args } => {
             crate::telemetry::init_tracing(common.log_format);
             block_on(async move { crate::controller::run::run(client(&common).await?, args).await })

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub nad_writes: Counter,
     pub status_writes: Family<KindLabel, Counter>,
     pub leader: Gauge,
+    pub watch_failures: Counter,
 }
 
 impl Metrics {
@@ -39,6 +40,7 @@ impl Metrics {
             nad_writes: Counter::default(),
             status_writes: Family::default(),
             leader: Gauge::default(),
+            watch_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("nno_controller");
         r.register("reconciles", "Reconciles by kind", m.reconciles.clone());

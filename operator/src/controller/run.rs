@@ -10,8 +10,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
@@ -23,6 +22,7 @@ use super::metrics::{ErrorLabel, Metrics};
 use super::nad::{CniVersion, Settings};
 use super::{Error, LABEL_MANAGED_BY, MANAGED_BY, link, network};
 use crate::api::{Link, Network, NodeNetworkState};
+use crate::cache::{OnError, cache, triggers};
 use crate::multus::NetworkAttachmentDefinition;
 use crate::telemetry;
 
@@ -173,64 +173,26 @@ async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A cache of `K` kept by a watch, and the future that drives it; every change is
-/// signalled on `changed`.
-fn cache<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    changed: watch::Sender<()>,
-) -> (Store<K>, impl std::future::Future<Output = ()>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let driver = reflector::reflector(writer, watcher(api, config))
-        .default_backoff()
-        .touched_objects()
-        .for_each(move |event| {
-            match event {
-                Ok(_) => {
-                    changed.send_replace(());
-                }
-                Err(error) => {
-                    warn!(%error, kind = K::kind(&()).as_ref(), "watch failed; retrying with backoff")
-                }
-            }
-            future::ready(())
-        });
-    (reader, driver)
-}
-
-/// A stream that yields each time `changed` fires.
-fn triggers(rx: watch::Receiver<()>) -> impl futures::Stream<Item = ()> + Send {
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.changed().await.ok()?;
-        Some(((), rx))
-    })
-}
-
 async fn controllers(client: kube::Client, args: Args, metrics: Metrics) {
     let (changed, _) = watch::channel(());
+    let errors = metrics.watch_failures.clone();
+    let on_error: OnError = Arc::new(move || {
+        errors.inc();
+    });
+    let config = watcher::Config::default;
     let (nodes, nodes_driver) = cache(
         Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
+        config(),
         changed.clone(),
+        on_error.clone(),
     );
-    let (states, states_driver) = cache(
-        Api::<NodeNetworkState>::all(client.clone()),
-        watcher::Config::default(),
-        changed.clone(),
-    );
+    let states_api = Api::<NodeNetworkState>::all(client.clone());
+    let (states, states_driver) = cache(states_api, config(), changed.clone(), on_error.clone());
     let (namespaces, ns_driver) = cache(
         Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
+        config(),
         changed.clone(),
+        on_error,
     );
 
     let networks_ctl = Controller::new(Api::<Network>::all(client.clone()), watcher::Config::default());

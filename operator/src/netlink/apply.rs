@@ -35,7 +35,7 @@ impl WriteCounter {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn add(&self) {
+    pub(crate) fn add(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -39,6 +39,9 @@ pub struct Engine {
     events: EventStream,
     tasks: Vec<JoinHandle<()>>,
     writes: WriteCounter,
+    /// Passes woken by a netlink event (not by a desired change) that wrote:
+    /// drift repaired.
+    repairs: WriteCounter,
     /// The namespace the sockets live in, to subscribe again if the event
     /// socket dies.
     netns: File,
@@ -85,6 +88,7 @@ impl Engine {
             events,
             tasks,
             writes: WriteCounter::default(),
+            repairs: WriteCounter::default(),
             netns,
             interest: Interest::default(),
         })
@@ -103,6 +107,12 @@ impl Engine {
             source,
         })?;
         in_namespace(&ns, Engine::new)?
+    }
+
+    /// A shared view of the number of drift repairs so far: passes that a netlink
+    /// event (not a change of the desired links) started and that had to write.
+    pub fn repair_counter(&self) -> WriteCounter {
+        self.repairs.clone()
     }
 
     /// A shared view of the number of netlink write requests made so far.
@@ -170,9 +180,15 @@ impl Engine {
         states: watch::Sender<Vec<LinkState>>,
     ) {
         let mut retry = RETRY_MIN;
+        let mut woken_by_event = false;
         loop {
             let want = desired.borrow_and_update().clone();
+            let before = self.writes.get();
             let new = self.reconcile(&want).await;
+            if woken_by_event && self.writes.get() > before {
+                self.repairs.add();
+                info!(writes = self.writes.get() - before, "repaired drift");
+            }
             let failing = new.iter().any(|s| s.reason == reason::NETLINK_ERROR);
             states.send_if_modified(|cur| {
                 let changed = *cur != new;
@@ -189,6 +205,7 @@ impl Engine {
                 retry = RETRY_MIN;
                 Duration::MAX
             };
+            woken_by_event = false;
             tokio::select! {
                 changed = desired.changed() => {
                     if changed.is_err() {
@@ -196,7 +213,7 @@ impl Engine {
                         return;
                     }
                 }
-                () = self.next_cue() => {}
+                () = self.next_cue() => woken_by_event = true,
                 () = tokio::time::sleep(retry_in), if failing => {
                     debug!("retrying after kernel errors");
                 }

@@ -1,0 +1,376 @@
+//! Wiring of the agent process: caches of the objects that decide this node's links,
+//! the netlink engine, the NodeNetworkState writer, the readiness socket, health and
+//! metrics.
+//!
+//! Faults: while the API server is unreachable the caches keep their contents, the
+//! engine keeps every link as it is (and keeps repairing drift), readiness is served
+//! from the last known state, and failed writes are retried with backoff. Nothing is
+//! torn down because a watch failed; links are only removed when a Network or Link
+//! really stops selecting the node.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::future;
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{error, info, instrument, warn};
+
+use super::desired::{self, Inputs, NodeInfo};
+use super::metrics::{Metrics, OpLabel, StateLabel};
+use super::{MANAGER, report};
+use crate::api::node_state::NodeNetworkStateStatus;
+use crate::api::{Link, Network, NodeNetworkState};
+use crate::cache::{OnError, cache};
+use crate::controller::status::differs;
+use crate::netlink::{DesiredLink, Engine, LinkState};
+use crate::readiness::{self, Readiness};
+use crate::telemetry;
+
+/// Longest pause between retries of a failed status write.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// `node-network-operator agent`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The node this agent runs on (the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// The readiness socket nno-cni-shim asks (mode 0600).
+    #[arg(long, env = "NNO_SOCKET", default_value = "/run/nno/agent.sock")]
+    pub socket: PathBuf,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "NNO_METRICS_ADDR", default_value = "127.0.0.1:9092")]
+    pub metrics_addr: SocketAddr,
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(client: kube::Client, args: Args) -> anyhow::Result<()> {
+    let engine = Engine::new()
+        .context("opening rtnetlink: the agent needs CAP_NET_ADMIN in the node's network namespace")?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry, engine.write_counter(), engine.repair_counter());
+    let health = telemetry::Readiness::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let server = telemetry::serve(args.metrics_addr, Arc::new(registry), health.clone(), stopped()).await?;
+    let server = tokio::spawn(server);
+    let readiness = Readiness::new(args.node_name.clone());
+    let socket = readiness::Server::bind(&args.socket)
+        .with_context(|| format!("serving readiness on {}", args.socket.display()))?;
+    info!(socket = %args.socket.display(), "serving bridge readiness");
+    let socket = tokio::spawn(socket.run(readiness.clone(), stopped()));
+
+    let agent = Agent::start(client, args.node_name.clone(), metrics, readiness, health);
+    let outcome = tokio::select! {
+        result = agent.run(engine) => result,
+        _ = telemetry::shutdown_signal() => Ok(()),
+    };
+    let _ = stop_tx.send(true);
+    let _ = socket.await;
+    let _ = server.await;
+    info!("agent stopped; links are left as they are");
+    outcome
+}
+
+struct Agent {
+    client: kube::Client,
+    node: String,
+    nodes: Store<Node>,
+    networks: Store<Network>,
+    links: Store<Link>,
+    states: Store<NodeNetworkState>,
+    changed: watch::Receiver<()>,
+    metrics: Metrics,
+    readiness: Readiness,
+    health: telemetry::Readiness,
+}
+
+impl Agent {
+    fn start(
+        client: kube::Client,
+        node: String,
+        metrics: Metrics,
+        readiness: Readiness,
+        health: telemetry::Readiness,
+    ) -> Self {
+        let (tx, changed) = watch::channel(());
+        let errors = metrics.api_errors.clone();
+        let on_error: OnError = Arc::new(move || {
+            errors.get_or_create(&OpLabel { op: "watch" }).inc();
+        });
+        let own_node = watcher::Config::default().fields(&format!("metadata.name={node}"));
+        let (nodes, a) = cache(
+            Api::<Node>::all(client.clone()),
+            own_node,
+            tx.clone(),
+            on_error.clone(),
+        );
+        let config = watcher::Config::default;
+        let (networks, b) = cache(
+            Api::<Network>::all(client.clone()),
+            config(),
+            tx.clone(),
+            on_error.clone(),
+        );
+        let (links, c) = cache(
+            Api::<Link>::all(client.clone()),
+            config(),
+            tx.clone(),
+            on_error.clone(),
+        );
+        let (states, d) = cache(
+            Api::<NodeNetworkState>::all(client.clone()),
+            config(),
+            tx,
+            on_error,
+        );
+        tokio::spawn(async move {
+            tokio::join!(a, b, c, d);
+        });
+        Self {
+            client,
+            node,
+            nodes,
+            networks,
+            links,
+            states,
+            changed,
+            metrics,
+            readiness,
+            health,
+        }
+    }
+
+    fn node_info(&self) -> Option<(Arc<Node>, NodeInfo)> {
+        let node = self
+            .nodes
+            .state()
+            .into_iter()
+            .find(|n| n.name_any() == self.node)?;
+        let internal_ips = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        let info = NodeInfo {
+            name: self.node.clone(),
+            labels: node.labels().clone(),
+            internal_ips,
+        };
+        Some((node, info))
+    }
+
+    fn reports(&self) -> BTreeMap<String, NodeNetworkStateStatus> {
+        self.states
+            .state()
+            .iter()
+            .filter_map(|s| Some((s.name_any(), s.status.clone()?)))
+            .collect()
+    }
+
+    /// What the node should have now, for the engine and for the report.
+    fn compute(&self, info: &NodeInfo, engine: &[LinkState]) -> (Vec<desired::Want>, Vec<DesiredLink>) {
+        let networks = self.networks.state();
+        let links = self.links.state();
+        let reports = self.reports();
+        let wants = desired::compute(&Inputs {
+            node: info,
+            networks: &networks,
+            links: &links,
+            reports: &reports,
+            engine,
+        });
+        let engine_links = wants.iter().filter_map(|w| w.link.clone()).collect();
+        (wants, engine_links)
+    }
+
+    #[instrument(skip_all, fields(node = %self.node))]
+    async fn run(mut self, engine: Engine) -> anyhow::Result<()> {
+        // Nothing is decided before every cache has its first complete list: an empty
+        // cache would read as "nothing wanted" and delete the node's links.
+        info!("waiting for the first lists of Nodes, Networks, Links and NodeNetworkStates");
+        let (a, b, c, d) = tokio::join!(
+            self.nodes.wait_until_ready(),
+            self.networks.wait_until_ready(),
+            self.links.wait_until_ready(),
+            self.states.wait_until_ready()
+        );
+        a.and(b)
+            .and(c)
+            .and(d)
+            .context("a cache stopped before its first list")?;
+        let (node, info) = loop {
+            if let Some(found) = self.node_info() {
+                break found;
+            }
+            warn!(
+                "Node object {} not found: waiting for it (is NODE_NAME right?)",
+                self.node
+            );
+            self.changed.changed().await.context("caches stopped")?;
+        };
+        let (wants, links) = self.compute(&info, &[]);
+        info!(
+            interfaces = wants.len(),
+            "desired state computed; starting the engine"
+        );
+        let (desired_tx, desired_rx) = watch::channel(links);
+        let (states_tx, mut states_rx) = watch::channel(Vec::<LinkState>::new());
+        tokio::spawn(engine.run(desired_rx, states_tx));
+
+        let mut writer = StatusWriter::new(self.client.clone(), &node, self.own_state());
+        loop {
+            let started = Instant::now();
+            if let Some((node, info)) = self.node_info() {
+                let engine_states = states_rx.borrow_and_update().clone();
+                let (wants, links) = self.compute(&info, &engine_states);
+                desired_tx.send_if_modified(|cur| {
+                    let changed = *cur != links;
+                    if changed {
+                        *cur = links;
+                    }
+                    changed
+                });
+                let status = report::node_status(&wants, &engine_states, writer.last.as_ref());
+                self.readiness.update(report::bridges(&status));
+                self.readiness.set_synced(true);
+                let ready = status.interfaces.iter().filter(|i| i.ready).count() as i64;
+                self.metrics
+                    .links
+                    .get_or_create(&StateLabel { state: "ready" })
+                    .set(ready);
+                self.metrics
+                    .links
+                    .get_or_create(&StateLabel { state: "not_ready" })
+                    .set(status.interfaces.len() as i64 - ready);
+                if let Err(e) = writer.write(&node, status).await {
+                    self.metrics
+                        .api_errors
+                        .get_or_create(&OpLabel { op: "write_status" })
+                        .inc();
+                    warn!(error = %e, retry_in = ?writer.backoff, "writing NodeNetworkState; keeping links as they are");
+                }
+            } else {
+                error!("own Node object disappeared; keeping links as they are");
+            }
+            self.metrics.reconciles.inc();
+            self.metrics
+                .reconcile_duration
+                .observe(started.elapsed().as_secs_f64());
+            self.health.set(true);
+
+            let retry = writer.retry_at;
+            tokio::select! {
+                changed = self.changed.changed() => changed.context("caches stopped")?,
+                changed = states_rx.changed() => changed.context("the engine stopped")?,
+                () = sleep_until(retry), if retry.is_some() => {}
+            }
+        }
+    }
+
+    fn own_state(&self) -> Option<Arc<NodeNetworkState>> {
+        self.states
+            .state()
+            .into_iter()
+            .find(|s| s.name_any() == self.node)
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => future::pending().await,
+    }
+}
+
+/// Writes NodeNetworkState/<node>, only when it changed, retrying with backoff.
+struct StatusWriter {
+    api: Api<NodeNetworkState>,
+    /// The object exists with its owner reference to the Node.
+    object_ok: bool,
+    last: Option<NodeNetworkStateStatus>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl StatusWriter {
+    fn new(client: kube::Client, node: &Node, existing: Option<Arc<NodeNetworkState>>) -> Self {
+        let uid = node.metadata.uid.clone();
+        let object_ok = existing
+            .as_ref()
+            .is_some_and(|s| s.owner_references().iter().any(|r| Some(&r.uid) == uid.as_ref()));
+        Self {
+            api: Api::all(client),
+            object_ok,
+            last: existing.and_then(|s| s.status.clone()),
+            retry_at: None,
+            backoff: Duration::from_millis(500),
+        }
+    }
+
+    async fn write(&mut self, node: &Node, status: NodeNetworkStateStatus) -> Result<(), kube::Error> {
+        if self.object_ok && self.last.as_ref().is_some_and(|last| !differs(last, &status)) {
+            return Ok(());
+        }
+        match self.try_write(node, &status).await {
+            Ok(()) => {
+                self.last = Some(status);
+                self.retry_at = None;
+                self.backoff = Duration::from_millis(500);
+                Ok(())
+            }
+            Err(e) => {
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_write(&mut self, node: &Node, status: &NodeNetworkStateStatus) -> Result<(), kube::Error> {
+        let name = node.name_any();
+        let params = PatchParams::apply(MANAGER).force();
+        if !self.object_ok {
+            // Owned by the Node: it goes when the node goes.
+            let body = json!({
+                "apiVersion": "nno.dev/v1alpha1",
+                "kind": "NodeNetworkState",
+                "metadata": {"name": name, "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Node", "name": name, "uid": node.metadata.uid,
+                }]},
+                "spec": {},
+            });
+            self.api.patch(&name, &params, &Patch::Apply(&body)).await?;
+            self.object_ok = true;
+        }
+        let body = json!({"apiVersion": "nno.dev/v1alpha1", "kind": "NodeNetworkState", "status": status});
+        self.api
+            .patch_status(&name, &params, &Patch::Apply(&body))
+            .await?;
+        info!(
+            ready = status.ready_interfaces.as_deref().unwrap_or_default(),
+            "wrote NodeNetworkState"
+        );
+        Ok(())
+    }
+}
