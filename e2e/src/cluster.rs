@@ -40,6 +40,8 @@ pub struct Cluster {
     ca: Ca,
     admin_kubeconfig: PathBuf,
     client: kube::Client,
+    files: Files,
+    restarts: u32,
 }
 
 impl Cluster {
@@ -84,17 +86,42 @@ impl Cluster {
             ca,
             admin_kubeconfig,
             client,
+            files,
+            restarts: 0,
         };
         cluster.wait_ready().await?;
         cluster.processes.push(Process::spawn(
             "kube-controller-manager",
-            controller_manager_command(&files, &kcm_kubeconfig),
+            controller_manager_command(&cluster.files, &kcm_kubeconfig),
             cluster.dir.path(),
         )?);
         cluster.install_crds().await?;
         cluster.wait_controller_manager().await?;
         tracing::info!(server, elapsed = ?started.elapsed(), "test cluster ready");
         Ok(cluster)
+    }
+
+    /// Stops kube-apiserver, to test what components do during an outage.
+    pub fn stop_apiserver(&mut self) {
+        if let Some(i) = self
+            .processes
+            .iter()
+            .position(|p| p.name.starts_with("kube-apiserver"))
+        {
+            let mut apiserver = self.processes.remove(i);
+            apiserver.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Starts kube-apiserver again after [`Cluster::stop_apiserver`] and waits until
+    /// it is ready.
+    pub async fn start_apiserver(&mut self) -> anyhow::Result<()> {
+        self.restarts += 1;
+        let ip = self.underlay.host_addr().to_string();
+        let name = format!("kube-apiserver-{}", self.restarts);
+        let apiserver = Process::spawn(&name, apiserver_command(&self.files, &ip), self.dir.path())?;
+        self.processes.push(apiserver);
+        self.wait_ready().await
     }
 
     /// A client with cluster-admin rights.

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod fake;
+pub mod node;
 pub mod operator;
 pub mod pki;
 pub mod process;

@@ -48,6 +48,17 @@ impl Underlay {
             let underlay = Self { bridge, slot };
             let alias = format!("nno-e2e pid={}", std::process::id());
             ip(&["link", "set", "dev", &underlay.bridge, "alias", &alias])?;
+            // No IGMP querier here: without snooping, multicast (VXLAN groups) floods.
+            ip(&[
+                "link",
+                "set",
+                "dev",
+                &underlay.bridge,
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ])?;
             ip(&[
                 "addr",
                 "add",

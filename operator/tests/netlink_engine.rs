@@ -7,7 +7,9 @@ mod support;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use nno::netlink::{Carrier, DesiredKind, DesiredLink, Engine, LinkState, VxlanConfig, marker, reason};
+use nno::netlink::{
+    Applied, Carrier, DesiredKind, DesiredLink, Engine, LinkState, VxlanConfig, marker, reason,
+};
 use serde_json::Value;
 use support::{Netns, info_data, is_up};
 use tokio::sync::watch;
@@ -487,25 +489,25 @@ fn spawn_run(
     desired: Vec<DesiredLink>,
 ) -> (
     watch::Sender<Vec<DesiredLink>>,
-    watch::Receiver<Vec<LinkState>>,
+    watch::Receiver<Applied>,
     nno::netlink::WriteCounter,
 ) {
     let engine = Engine::in_netns(ns.path()).unwrap();
     let writes = engine.write_counter();
     let (dtx, drx) = watch::channel(desired);
-    let (stx, srx) = watch::channel(Vec::new());
+    let (stx, srx) = watch::channel(Applied::default());
     tokio::spawn(engine.run(drx, stx));
     (dtx, srx, writes)
 }
 
-async fn wait_ready(states: &mut watch::Receiver<Vec<LinkState>>, n: usize) {
+async fn wait_ready(states: &mut watch::Receiver<Applied>, n: usize) {
     let ready = tokio::time::timeout(
         Duration::from_secs(5),
-        states.wait_for(|s| s.len() == n && s.iter().all(|s| s.ready)),
+        states.wait_for(|a| a.states.len() == n && a.states.iter().all(|s| s.ready)),
     )
     .await
     .is_ok();
-    assert!(ready, "not ready in time: {:?}", *states.borrow());
+    assert!(ready, "not ready in time: {:?}", states.borrow().states);
 }
 
 /// Polls the oracle until `repaired` holds; returns the time since `start`.
@@ -609,11 +611,12 @@ async fn a_late_carrier_gets_its_vxlan_the_moment_it_appears() {
     let (_desired, mut states, _) = spawn_run(&ns, gateway("under0"));
     let s = tokio::time::timeout(
         Duration::from_secs(5),
-        states.wait_for(|s| s.len() == 2 && s.iter().any(|s| s.name == "vx-gw")),
+        states.wait_for(|a| a.states.len() == 2 && a.states.iter().any(|s| s.name == "vx-gw")),
     )
     .await
     .unwrap()
     .unwrap()
+    .states
     .clone();
     let vx = state(&s, "vx-gw");
     assert!(!vx.ready);
@@ -639,7 +642,7 @@ async fn a_late_carrier_gets_its_vxlan_the_moment_it_appears() {
     );
     assert!(took < Duration::from_secs(1));
     wait_ready(&mut states, 2).await;
-    let s = states.borrow().clone();
+    let s = states.borrow().states.clone();
     assert_eq!(state(&s, "vx-gw").local_address, Some(ip("198.18.0.1")));
 }
 
@@ -666,11 +669,11 @@ async fn carrier_mtu_and_address_changes_follow_through() {
     );
     let ok = tokio::time::timeout(
         Duration::from_secs(2),
-        states.wait_for(|s| s[0].carrier_mtu == Some(9000) && s[0].ready),
+        states.wait_for(|a| a.states[0].carrier_mtu == Some(9000) && a.states[0].ready),
     )
     .await
     .is_ok();
-    assert!(ok, "{:?}", *states.borrow());
+    assert!(ok, "{:?}", states.borrow().states);
 
     // A new carrier address becomes the local address, in place. (Another
     // subnet: deleting a primary address also deletes its secondaries.)
@@ -690,22 +693,22 @@ async fn carrier_mtu_and_address_changes_follow_through() {
     assert_eq!(ns.ifindex("vx0"), Some(index), "changed in place");
     let ok = tokio::time::timeout(
         Duration::from_secs(2),
-        states.wait_for(|s| s[0].local_address == Some(ip("198.18.2.5")) && s[0].ready),
+        states.wait_for(|a| a.states[0].local_address == Some(ip("198.18.2.5")) && a.states[0].ready),
     )
     .await
     .is_ok();
-    assert!(ok, "{:?}", *states.borrow());
+    assert!(ok, "{:?}", states.borrow().states);
 
     // No address of the family left: not Ready, named.
     ns.ip(&["addr", "del", "198.18.2.5/24", "dev", "under0"]);
     let ok = tokio::time::timeout(
         Duration::from_secs(2),
-        states.wait_for(|s| s[0].reason == reason::CARRIER_ADDRESS_MISSING),
+        states.wait_for(|a| a.states[0].reason == reason::CARRIER_ADDRESS_MISSING),
     )
     .await
     .is_ok();
-    assert!(ok, "{:?}", *states.borrow());
-    assert!(states.borrow()[0].message.contains("under0"));
+    assert!(ok, "{:?}", states.borrow().states);
+    assert!(states.borrow().states[0].message.contains("under0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,7 +33,7 @@ use crate::api::node_state::NodeNetworkStateStatus;
 use crate::api::{Link, Network, NodeNetworkState};
 use crate::cache::{OnError, cache};
 use crate::controller::status::differs;
-use crate::netlink::{DesiredLink, Engine, LinkState};
+use crate::netlink::{Applied, DesiredLink, Engine, LinkState};
 use crate::readiness::{self, Readiness};
 use crate::telemetry;
 
@@ -235,15 +235,16 @@ impl Agent {
             "desired state computed; starting the engine"
         );
         let (desired_tx, desired_rx) = watch::channel(links);
-        let (states_tx, mut states_rx) = watch::channel(Vec::<LinkState>::new());
-        tokio::spawn(engine.run(desired_rx, states_tx));
+        let (applied_tx, mut applied_rx) = watch::channel(Applied::default());
+        tokio::spawn(engine.run(desired_rx, applied_tx));
 
         let mut writer = StatusWriter::new(self.client.clone(), &node, self.own_state());
         loop {
             let started = Instant::now();
             if let Some((node, info)) = self.node_info() {
-                let engine_states = states_rx.borrow_and_update().clone();
-                let (wants, links) = self.compute(&info, &engine_states);
+                let applied = applied_rx.borrow_and_update().clone();
+                let (wants, links) = self.compute(&info, &applied.states);
+                let caught_up = applied.desired == links;
                 desired_tx.send_if_modified(|cur| {
                     let changed = *cur != links;
                     if changed {
@@ -251,24 +252,11 @@ impl Agent {
                     }
                     changed
                 });
-                let status = report::node_status(&wants, &engine_states, writer.last.as_ref());
-                self.readiness.update(report::bridges(&status));
-                self.readiness.set_synced(true);
-                let ready = status.interfaces.iter().filter(|i| i.ready).count() as i64;
-                self.metrics
-                    .links
-                    .get_or_create(&StateLabel { state: "ready" })
-                    .set(ready);
-                self.metrics
-                    .links
-                    .get_or_create(&StateLabel { state: "not_ready" })
-                    .set(status.interfaces.len() as i64 - ready);
-                if let Err(e) = writer.write(&node, status).await {
-                    self.metrics
-                        .api_errors
-                        .get_or_create(&OpLabel { op: "write_status" })
-                        .inc();
-                    warn!(error = %e, retry_in = ?writer.backoff, "writing NodeNetworkState; keeping links as they are");
+                // Report only what the engine has applied: until it has caught up with
+                // the links just asked for, the kernel may still hold links that are no
+                // longer wanted, or lack new ones.
+                if caught_up {
+                    self.report(&mut writer, &node, &wants, &applied.states).await;
                 }
             } else {
                 error!("own Node object disappeared; keeping links as they are");
@@ -282,9 +270,40 @@ impl Agent {
             let retry = writer.retry_at;
             tokio::select! {
                 changed = self.changed.changed() => changed.context("caches stopped")?,
-                changed = states_rx.changed() => changed.context("the engine stopped")?,
+                changed = applied_rx.changed() => changed.context("the engine stopped")?,
                 () = sleep_until(retry), if retry.is_some() => {}
             }
+        }
+    }
+
+    /// Publishes readiness, metrics and the NodeNetworkState for what the engine
+    /// applied.
+    async fn report(
+        &self,
+        writer: &mut StatusWriter,
+        node: &Node,
+        wants: &[desired::Want],
+        states: &[LinkState],
+    ) {
+        let status = report::node_status(wants, states, writer.last.as_ref());
+        self.readiness.update(report::bridges(&status));
+        self.readiness.set_synced(true);
+        let ready = status.interfaces.iter().filter(|i| i.ready).count() as i64;
+        self.metrics
+            .links
+            .get_or_create(&StateLabel { state: "ready" })
+            .set(ready);
+        let not_ready = status.interfaces.len() as i64 - ready;
+        self.metrics
+            .links
+            .get_or_create(&StateLabel { state: "not_ready" })
+            .set(not_ready);
+        if let Err(e) = writer.write(node, status).await {
+            self.metrics
+                .api_errors
+                .get_or_create(&OpLabel { op: "write_status" })
+                .inc();
+            warn!(error = %e, retry_in = ?writer.backoff, "writing NodeNetworkState; keeping links as they are");
         }
     }
 

@@ -32,6 +32,13 @@ const DEBOUNCE: Duration = Duration::from_millis(20);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// What a pass of [`Engine::run`] did: the desired set it applied, and the states.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub desired: Vec<DesiredLink>,
+    pub states: Vec<LinkState>,
+}
+
 /// Makes the links of one network namespace match a desired set. See the
 /// [module documentation](super) for the contract.
 pub struct Engine {
@@ -170,14 +177,16 @@ impl Engine {
     }
 
     /// Reconciles `desired` now and again whenever it changes or a relevant
-    /// netlink event arrives, publishing the states on `states` (only when they
-    /// change). Events are cues to observe again, never trusted as state; there
-    /// is no periodic resync, only a backed-off retry while the kernel refuses
-    /// requests. Returns when the sender of `desired` is dropped.
+    /// netlink event arrives, publishing on `applied` the states together with the
+    /// desired set they reflect (only when either changed), so a caller can tell
+    /// when the engine has caught up with what it asked. Events are cues to observe
+    /// again, never trusted as state; there is no periodic resync, only a backed-off
+    /// retry while the kernel refuses requests. Returns when the sender of
+    /// `desired` is dropped.
     pub async fn run(
         mut self,
         mut desired: watch::Receiver<Vec<DesiredLink>>,
-        states: watch::Sender<Vec<LinkState>>,
+        applied: watch::Sender<Applied>,
     ) {
         let mut retry = RETRY_MIN;
         let mut woken_by_event = false;
@@ -190,10 +199,13 @@ impl Engine {
                 info!(writes = self.writes.get() - before, "repaired drift");
             }
             let failing = new.iter().any(|s| s.reason == reason::NETLINK_ERROR);
-            states.send_if_modified(|cur| {
-                let changed = *cur != new;
+            applied.send_if_modified(|cur| {
+                let changed = cur.states != new || cur.desired != want;
                 if changed {
-                    *cur = new;
+                    *cur = Applied {
+                        desired: want,
+                        states: new,
+                    };
                 }
                 changed
             });

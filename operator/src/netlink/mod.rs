@@ -15,7 +15,8 @@
 //!   verify. It returns one [`LinkState`] per desired link, in the given order. A
 //!   pass that finds nothing to do makes zero netlink writes.
 //! - [`Engine::run`] reconciles whenever the `watch` of desired links changes or a
-//!   relevant netlink event arrives, and publishes the states on a `watch`. Events
+//!   relevant netlink event arrives, and publishes the states, with the desired set
+//!   they reflect ([`Applied`]), on a `watch`. Events
 //!   are only cues to observe again. It reconciles the current value immediately:
 //!   hand it the first desired set only once it is complete, or it deletes owned
 //!   links that merely have not been listed yet.
@@ -74,7 +75,7 @@ pub mod plan;
 mod types;
 
 pub use apply::WriteCounter;
-pub use engine::Engine;
+pub use engine::{Applied, Engine};
 pub use error::{Error, Operation};
 pub use plan::{Plan, Problem, Step, plan};
 pub use types::*;

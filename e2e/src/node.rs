@@ -1,0 +1,241 @@
+//! Simulated nodes: each a network namespace on the cluster's underlay bridge (its
+//! `eth0`, 198.18.N.x/24), a Node object with that InternalIP, and optionally the
+//! real agent running inside the namespace with the chart's agent credentials.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::json;
+
+use crate::cluster::Cluster;
+use crate::operator::bin;
+use crate::process::Process;
+use crate::underlay::ip;
+
+/// Field manager of the harness's kubelet stand-in.
+const KUBELET: &str = "nno.dev/e2e-kubelet";
+
+pub struct SimNode {
+    pub name: String,
+    pub netns: String,
+    pub address: Ipv4Addr,
+    pub socket: PathBuf,
+    log_dir: PathBuf,
+    agent: Option<Process>,
+    starts: u32,
+}
+
+impl SimNode {
+    /// Creates node `name` (the `index`-th of the cluster, 1..=200) with carrier MTU
+    /// `mtu` and these labels.
+    pub async fn create(
+        cluster: &Cluster,
+        name: &str,
+        index: u8,
+        mtu: u32,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        assert!((1..=200).contains(&index), "node index 1..=200");
+        let slot = cluster.underlay.bridge.trim_start_matches("nno-ul");
+        let netns = format!("nno{slot}-{name}");
+        let address = cluster.underlay.addr(10 + index);
+        let host_veth = format!("nno{slot}n{index}");
+        let mtu_s = mtu.to_string();
+        ip(&["netns", "add", &netns])?;
+        let node = Self {
+            name: name.to_string(),
+            netns: netns.clone(),
+            address,
+            socket: cluster.dir().join(format!("{name}.sock")),
+            log_dir: cluster.dir().to_path_buf(),
+            agent: None,
+            starts: 0,
+        };
+        ip(&[
+            "link", "add", &host_veth, "mtu", &mtu_s, "type", "veth", "peer", "name", "eth0", "netns",
+            &netns, "mtu", &mtu_s,
+        ])?;
+        ip(&[
+            "link",
+            "set",
+            &host_veth,
+            "master",
+            &cluster.underlay.bridge,
+            "up",
+        ])?;
+        node.ip(&["link", "set", "lo", "up"])?;
+        node.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        node.ip(&["link", "set", "eth0", "up"])?;
+        // Multicast VXLAN groups route over the underlay; nothing else leaves it.
+        node.ip(&["route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+        node.register(cluster, labels).await?;
+        Ok(node)
+    }
+
+    /// Creates or relabels the Node object, Ready, with this node's InternalIP.
+    pub async fn register(&self, cluster: &Cluster, labels: &[(&str, &str)]) -> anyhow::Result<()> {
+        let api: Api<Node> = Api::all(cluster.client());
+        let mut all: serde_json::Map<String, serde_json::Value> =
+            labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        all.insert("kubernetes.io/hostname".into(), json!(self.name));
+        let body =
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": all}});
+        let params = PatchParams::apply(KUBELET).force();
+        api.patch(&self.name, &params, &Patch::Apply(&body)).await?;
+        let now = jiff::Timestamp::now().to_string();
+        let status = json!({"apiVersion": "v1", "kind": "Node", "status": {
+            "addresses": [{"type": "InternalIP", "address": self.address.to_string()}, {"type": "Hostname", "address": self.name}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        }});
+        api.patch_status(&self.name, &params, &Patch::Apply(&status))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the Node object (the namespace stays until drop).
+    pub async fn deregister(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        let api: Api<Node> = Api::all(cluster.client());
+        api.delete(&self.name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+
+    /// Runs `ip` inside the node.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["-n", &self.netns];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// Runs a command inside the node; fails with its stderr.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, program])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "{program} {} in {}: {}{}",
+                args.join(" "),
+                self.netns,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The interface's index, or None when it does not exist.
+    pub fn ifindex(&self, name: &str) -> Option<u32> {
+        let out = self.ip(&["-o", "link", "show", "dev", name]).ok()?;
+        out.split(':').next()?.trim().parse().ok()
+    }
+
+    /// `ip -d -j link show dev NAME` as JSON.
+    pub fn link(&self, name: &str) -> Option<serde_json::Value> {
+        let out = self.ip(&["-d", "-j", "link", "show", "dev", name]).ok()?;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+        list.into_iter().next()
+    }
+
+    /// Starts the real agent inside the node with `kubeconfig`.
+    pub fn start_agent(&mut self, kubeconfig: &Path) -> anyhow::Result<()> {
+        assert!(self.agent.is_none(), "agent already running on {}", self.name);
+        self.starts += 1;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns])
+            .arg(bin("node-network-operator"))
+            .arg("agent")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg(format!("--node-name={}", self.name))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg(format!("--metrics-addr={}:9092", self.address))
+            .env("RUST_LOG", "info,kube=warn,nno::netlink=debug");
+        let log_name = format!("agent-{}-{}", self.name, self.starts);
+        self.agent = Some(Process::spawn(&log_name, cmd, &self.log_dir)?);
+        Ok(())
+    }
+
+    /// Stops the agent (SIGTERM, as the kubelet would).
+    pub fn stop_agent(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            agent.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// The running agent's log so far.
+    pub fn agent_log(&self) -> String {
+        self.agent.as_ref().map(|a| a.log_tail(200)).unwrap_or_default()
+    }
+
+    /// `GET path` on the agent's health/metrics port.
+    pub async fn agent_http(&self, path: &str) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect((self.address, 9092)).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok(response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default())
+    }
+
+    /// The value of an agent metric (first sample of that name).
+    pub async fn agent_metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.agent_http("/metrics").await?;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                (key == name || key.starts_with(&format!("{name}{{"))).then(|| value.parse().ok())?
+            })
+            .ok_or_else(|| anyhow::anyhow!("no metric {name} in:\n{text}"))
+    }
+
+    /// Asks the agent's readiness socket `GET path` (e.g. `/v1/bridges/br0`).
+    pub async fn readiness(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        readiness_get(&self.socket, path).await
+    }
+}
+
+/// One HTTP GET on the readiness socket; the JSON body.
+pub async fn readiness_get(socket: &Path, path: &str) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(socket).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: nno\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    // Chunked or not, the JSON object is the body's only brace-delimited text.
+    let start = body
+        .find('{')
+        .ok_or_else(|| anyhow::anyhow!("no JSON in {response:?}"))?;
+    let end = body
+        .rfind('}')
+        .ok_or_else(|| anyhow::anyhow!("no JSON in {response:?}"))?;
+    Ok(serde_json::from_str(&body[start..=end])?)
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.agent.is_some() {
+            eprintln!("--- agent on {} ---\n{}", self.name, self.agent_log());
+        }
+        self.stop_agent();
+        // Deleting the namespace deletes its interfaces and the veth pair.
+        let _ = ip(&["netns", "del", &self.netns]);
+    }
+}
