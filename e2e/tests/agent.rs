@@ -178,8 +178,8 @@ fn fdb_peers(node: &SimNode, vxlan: &str) -> Vec<String> {
     peers
 }
 
-async fn peers_become(node: &SimNode, vxlan: &str, want: &[String]) {
-    let mut want = want.to_vec();
+async fn peers_become(node: &SimNode, vxlan: &str, want: &[&str]) {
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     want.sort();
     eventually(&format!("FDB peers on {}", node.name), WAIT, || async {
         let got = fdb_peers(node, vxlan);
@@ -213,8 +213,8 @@ async fn nodes_peer_automatically_and_carry_unicast_vxlan_traffic() {
         .unwrap();
 
     let (a_ip, b_ip) = (a.address.to_string(), b.address.to_string());
-    peers_become(&a, "vxlan200", &[b_ip.clone()]).await;
-    peers_become(&b, "vxlan200", &[a_ip.clone()]).await;
+    peers_become(&a, "vxlan200", &[b_ip.as_str()]).await;
+    peers_become(&b, "vxlan200", &[a_ip.as_str()]).await;
     let vx = a.link("vxlan200").unwrap();
     assert_eq!(
         vx["linkinfo"]["info_data"]["local"], a_ip,
@@ -240,14 +240,14 @@ async fn nodes_peer_automatically_and_carry_unicast_vxlan_traffic() {
     c.start_agent(&kubeconfig).unwrap();
     let c_ip = c.address.to_string();
     let joined = Instant::now();
-    peers_become(&a, "vxlan200", &[b_ip.clone(), c_ip.clone()]).await;
-    peers_become(&b, "vxlan200", &[a_ip.clone(), c_ip.clone()]).await;
-    peers_become(&c, "vxlan200", &[a_ip.clone(), b_ip.clone()]).await;
+    peers_become(&a, "vxlan200", &[b_ip.as_str(), c_ip.as_str()]).await;
+    peers_become(&b, "vxlan200", &[a_ip.as_str(), c_ip.as_str()]).await;
+    peers_become(&c, "vxlan200", &[a_ip.as_str(), b_ip.as_str()]).await;
     println!("node-c joined every peer list in {:?}", joined.elapsed());
     c.register(&cluster, &[("gw", "false")]).await.unwrap();
     let left = Instant::now();
-    peers_become(&a, "vxlan200", &[b_ip.clone()]).await;
-    peers_become(&b, "vxlan200", &[a_ip.clone()]).await;
+    peers_become(&a, "vxlan200", &[b_ip.as_str()]).await;
+    peers_become(&b, "vxlan200", &[a_ip.as_str()]).await;
     println!("node-c left every peer list in {:?}", left.elapsed());
     assert_eq!(c.ifindex("vxlan200"), None);
     a.exec("ping", &["-c", "1", "-W", "2", "192.168.50.12"]).unwrap();
