@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -301,10 +300,11 @@ impl Runtime {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        self.in_node(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {plugin_type}: {e}"));
+        let mut child = {
+            let _in_node = self.enter_node();
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot run {plugin_type}: {e}"))
+        };
         child
             .stdin
             .take()
@@ -332,19 +332,33 @@ impl Runtime {
             .unwrap_or_else(|| panic!("plugin {plugin_type} is not in CNI_PATH {}", self.cni_path))
     }
 
-    /// Makes `cmd` run in the node's network namespace.
-    fn in_node(&self, cmd: &mut Command) {
-        let fd = self.node_ns.as_raw_fd();
-        // SAFETY: setns is async-signal-safe and only changes the child's namespace.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    /// Moves the calling thread into the node's network namespace until the guard
+    /// drops, so that children spawned meanwhile start there. (Switching the parent's
+    /// thread rather than the child keeps `Command::spawn` on posix_spawn: a
+    /// `pre_exec` hook would force a full fork of this large test process, a cost no
+    /// real runtime pays, that would be charged to every plugin.)
+    fn enter_node(&self) -> NetnsGuard {
+        let own = File::open("/proc/thread-self/ns/net").unwrap();
+        setns(&self.node_ns);
+        NetnsGuard { own }
     }
+}
+
+/// Returns the calling thread to its own network namespace on drop.
+struct NetnsGuard {
+    own: File,
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        setns(&self.own);
+    }
+}
+
+fn setns(ns: &File) {
+    // SAFETY: setns only changes the calling thread's network namespace.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 /// A conflist the way the controller renders it: the shim first, then the bridge
