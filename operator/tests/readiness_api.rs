@@ -428,3 +428,28 @@ async fn a_replaced_socket_is_not_removed_by_the_old_server() {
     drop(old);
     assert!(path.exists());
 }
+
+#[tokio::test]
+async fn a_long_poll_whose_client_hangs_up_stops_waiting() {
+    use std::io::Write;
+
+    let server = Running::start("n").await;
+    let mut stream = std::os::unix::net::UnixStream::connect(&server.path).unwrap();
+    stream
+        .write_all(b"GET /v1/bridges/br0?waitSeconds=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.readiness.waiting() == 0 {
+        assert!(Instant::now() < deadline, "the long poll never started waiting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.readiness.waiting() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the long poll still waits after its client hung up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
