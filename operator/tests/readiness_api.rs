@@ -8,7 +8,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use nno::readiness::{BridgeReadiness, BridgeStatus, Readiness, ServeError, Server, reason};
+use nno::readiness::{
+    BridgeReadiness, BridgeStatus, HEADER_READ_TIMEOUT, Readiness, ServeError, Server, reason,
+};
 use serde_json::Value;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
@@ -427,4 +429,70 @@ async fn a_replaced_socket_is_not_removed_by_the_old_server() {
     std::fs::rename(&newer, &path).unwrap();
     drop(old);
     assert!(path.exists());
+}
+
+#[tokio::test]
+async fn a_long_poll_whose_client_hangs_up_stops_waiting() {
+    use std::io::Write;
+
+    let server = Running::start("n").await;
+    let mut stream = std::os::unix::net::UnixStream::connect(&server.path).unwrap();
+    stream
+        .write_all(b"GET /v1/bridges/br0?waitSeconds=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.readiness.waiting() == 0 {
+        assert!(Instant::now() < deadline, "the long poll never started waiting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.readiness.waiting() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the long poll still waits after its client hung up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_silent_client_is_disconnected() {
+    use std::io::Read;
+
+    let server = Running::start("n").await;
+    let path = server.path.clone();
+    let start = Instant::now();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).map(|_| buf.len())
+    });
+    let read = read.await.unwrap();
+    let closed_after = start.elapsed();
+    assert!(
+        read.is_ok(),
+        "the connection was not closed but timed out: {read:?}"
+    );
+    assert!(
+        closed_after >= HEADER_READ_TIMEOUT,
+        "closed after {closed_after:?}"
+    );
+    assert!(
+        closed_after < HEADER_READ_TIMEOUT + Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_long_poll_outlives_the_header_timeout() {
+    let server = Running::start("n").await;
+    let wait = HEADER_READ_TIMEOUT + Duration::from_secs(1);
+    let start = Instant::now();
+    let b = server
+        .bridge(&format!("/v1/bridges/br0?waitSeconds={}", wait.as_secs_f64()))
+        .await;
+    assert_eq!(b.reason, reason::AGENT_STARTING);
+    assert!(start.elapsed() >= wait, "answered after {:?}", start.elapsed());
 }

@@ -13,5 +13,5 @@ mod server;
 mod state;
 
 pub use api::{API_VERSION, AgentStatus, ApiError, BridgeStatus, ErrorBody, MAX_WAIT};
-pub use server::{ServeError, Server, serve};
+pub use server::{HEADER_READ_TIMEOUT, ServeError, Server, serve};
 pub use state::{BridgeReadiness, Readiness, Snapshot, reason};

@@ -13,7 +13,7 @@ use hyper::header::{ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::UnixListener;
@@ -25,6 +25,9 @@ use super::state::{BridgeReadiness, Readiness};
 
 /// How long shutdown waits for open connections to finish their answer.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a client may take to send its request head (also how long an idle
+/// connection stays open), so that a silent client cannot hold a connection forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the readiness socket cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +158,10 @@ impl Server {
             let readiness = readiness.clone();
             let stop = stop_rx.clone();
             let service = service_fn(move |req| handle(req, readiness.clone(), stop.clone()));
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {

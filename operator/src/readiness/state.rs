@@ -159,6 +159,12 @@ impl Readiness {
         })
     }
 
+    /// How many long polls are waiting on this state right now (each holds one
+    /// receiver; the handle itself holds none).
+    pub fn waiting(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// A receiver that sees every change from now on.
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.tx.subscribe()
