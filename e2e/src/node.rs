@@ -24,6 +24,7 @@ pub struct SimNode {
     pub netns: String,
     pub address: Ipv4Addr,
     pub socket: PathBuf,
+    host_veth: String,
     log_dir: PathBuf,
     agent: Option<Process>,
     starts: u32,
@@ -51,6 +52,7 @@ impl SimNode {
             netns: netns.clone(),
             address,
             socket: cluster.dir().join(format!("{name}.sock")),
+            host_veth: host_veth.clone(),
             log_dir: cluster.dir().to_path_buf(),
             agent: None,
             starts: 0,
@@ -235,7 +237,9 @@ impl Drop for SimNode {
             eprintln!("--- agent on {} ---\n{}", self.name, self.agent_log());
         }
         self.stop_agent();
-        // Deleting the namespace deletes its interfaces and the veth pair.
+        // The kernel tears a namespace down asynchronously: delete the veth pair now so
+        // its name is free at once, then the namespace (and whatever is left in it).
+        let _ = ip(&["link", "del", "dev", &self.host_veth]);
         let _ = ip(&["netns", "del", &self.netns]);
     }
 }

@@ -38,7 +38,15 @@ impl Underlay {
     pub fn allocate() -> anyhow::Result<Self> {
         crate::require_root();
         sweep_stale();
-        let start = (std::process::id() as u16).wrapping_mul(7919) % SLOTS;
+        // Spread allocations so that a slot just freed (whose namespaces the kernel
+        // may still be tearing down) is not the next one taken.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let seed = std::process::id() ^ nanos ^ NEXT.fetch_add(97, std::sync::atomic::Ordering::Relaxed);
+        let start = (seed % SLOTS as u32) as u16;
         for i in 0..SLOTS {
             let slot = (start + i) % SLOTS;
             let bridge = format!("{PREFIX}{slot}");
