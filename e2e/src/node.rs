@@ -84,6 +84,7 @@ impl SimNode {
         let mut all: serde_json::Map<String, serde_json::Value> =
             labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
         all.insert("kubernetes.io/hostname".into(), json!(self.name));
+        all.insert("kubernetes.io/os".into(), json!("linux"));
         let body =
             json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": all}});
         let params = PatchParams::apply(KUBELET).force();

@@ -20,19 +20,21 @@ pub const FULLNAME: &str = "nno-node-network-operator";
 /// Path of a binary of this workspace (`node-network-operator`, `nno-cni-shim`),
 /// built by `cargo build --workspace --bins` (hack/test.sh does).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable under target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` first (hack/test.sh does)",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("current executable");
+    // Tests run from target/<profile>/deps/, nno-local from target/<profile>/.
+    let dir = exe.parent().expect("executable in a directory");
+    let candidates = [Some(dir), dir.parent()];
+    let found = candidates
+        .iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} is missing next to {}: run `cargo build --workspace --bins` first (hack/test.sh does)",
+            exe.display()
+        )
+    })
 }
 
 fn chart_dir() -> PathBuf {
