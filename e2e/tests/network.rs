@@ -1,0 +1,249 @@
+//! The whole product on a simulated cluster: the controller and the real agents in
+//! network namespaces acting as nodes, against the real API server. A Network
+//! becomes bridges and VXLANs on the nodes, NADs with the MTU derived from the
+//! nodes' real carriers, and goes away without leaving anything behind.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use nno::api::Network;
+use nno::api::common::find_condition;
+use nno::multus::NetworkAttachmentDefinition;
+use nno_e2e::node::SimNode;
+use nno_e2e::process::Process;
+use nno_e2e::{Cluster, eventually, operator};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(40);
+
+struct Product {
+    cluster: Cluster,
+    agent_kubeconfig: PathBuf,
+    _controller: Process,
+}
+
+async fn product() -> Product {
+    let cluster = Cluster::start().await.unwrap();
+    operator::install_rbac(&cluster).await.unwrap();
+    let controller_kubeconfig = operator::component_kubeconfig(&cluster, "controller")
+        .await
+        .unwrap();
+    let agent_kubeconfig = operator::component_kubeconfig(&cluster, "agent").await.unwrap();
+    let controller = operator::start_controller(&cluster, &controller_kubeconfig, "a", &[]).unwrap();
+    Product {
+        cluster,
+        agent_kubeconfig,
+        _controller: controller,
+    }
+}
+
+async fn node(p: &Product, name: &str, index: u8, mtu: u32, labels: &[(&str, &str)]) -> SimNode {
+    let mut node = SimNode::create(&p.cluster, name, index, mtu, labels)
+        .await
+        .unwrap();
+    node.start_agent(&p.agent_kubeconfig).unwrap();
+    node
+}
+
+fn network(name: &str, bridge: &str, vni: u32) -> Network {
+    serde_json::from_value(json!({
+        "apiVersion": "nno.dev/v1alpha1", "kind": "Network", "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"gw": "true"}},
+            "bridge": {"name": bridge},
+            "vxlan": {"vni": vni, "group": "239.1.1.1"},
+            "ipam": {"range": "192.168.50.0/24", "gateway": "192.168.50.1"},
+            "attachments": {"namespaces": ["default"], "router": {"address": "192.168.50.1"}}
+        }
+    }))
+    .unwrap()
+}
+
+async fn nad_mtu(cluster: &Cluster, name: &str) -> Result<u64, String> {
+    let api: Api<NetworkAttachmentDefinition> = Api::namespaced(cluster.client(), "default");
+    let nad = api
+        .get_opt(name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or(format!("no NAD {name}"))?;
+    let config: Value = serde_json::from_str(&nad.spec.config).map_err(|e| e.to_string())?;
+    config["plugins"][1]["mtu"]
+        .as_u64()
+        .ok_or(format!("no mtu in {config}"))
+}
+
+async fn mtu_becomes(p: &Product, nodes: &[&SimNode], bridge: &str, vxlan: &str, nad: &str, want: u64) {
+    eventually(&format!("MTU {want} everywhere"), WAIT, || async {
+        let got = nad_mtu(&p.cluster, nad).await?;
+        if got != want {
+            return Err(format!("NAD mtu {got}"));
+        }
+        for n in nodes {
+            for iface in [bridge, vxlan] {
+                let mtu = n.link(iface).and_then(|l| l["mtu"].as_u64());
+                if mtu != Some(want) {
+                    return Err(format!("{} {iface} mtu {mtu:?}", n.name));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_mtu_follows_the_real_carriers_of_the_selected_nodes() {
+    let p = product().await;
+    let a = node(&p, "node-a", 1, 9000, &[("gw", "true")]).await;
+    let b = node(&p, "node-b", 2, 9000, &[("gw", "true")]).await;
+    let c = node(&p, "node-c", 3, 1500, &[]).await;
+    let networks: Api<Network> = Api::all(p.cluster.client());
+    networks
+        .create(&PostParams::default(), &network("gw", "br-gw", 100))
+        .await
+        .unwrap();
+
+    // Carriers of 9000 on every selected node: 8950 for bridges, VXLANs and NADs.
+    mtu_becomes(&p, &[&a, &b], "br-gw", "vxlan100", "gw", 8950).await;
+    assert_eq!(nad_mtu(&p.cluster, "gw-router").await.unwrap(), 8950);
+    p.cluster
+        .kubectl_ok(&["wait", "--for=condition=Ready", "network/gw", "--timeout=40s"])
+        .unwrap();
+    assert_eq!(c.ifindex("br-gw"), None, "node-c is not selected");
+
+    // node-c, with a 1500 carrier, joins: 1450 everywhere, and a Warning says why.
+    c.register(&p.cluster, &[("gw", "true")]).await.unwrap();
+    mtu_becomes(&p, &[&a, &b, &c], "br-gw", "vxlan100", "gw", 1450).await;
+    let events = p
+        .cluster
+        .kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=MtuChanged",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .unwrap();
+    assert!(
+        events.contains("lowered from 8950 to 1450") && events.contains("node-c"),
+        "{events}"
+    );
+    p.cluster
+        .kubectl_ok(&["wait", "--for=condition=Ready", "network/gw", "--timeout=40s"])
+        .unwrap();
+    let status = networks.get("gw").await.unwrap().status.unwrap();
+    assert_eq!(
+        (status.desired_nodes, status.ready_nodes, status.mtu),
+        (3, 3, Some(1450))
+    );
+}
+
+#[tokio::test]
+async fn a_conflicting_network_changes_nothing_on_the_nodes() {
+    let p = product().await;
+    let a = node(&p, "node-a", 1, 1500, &[("gw", "true")]).await;
+    let networks: Api<Network> = Api::all(p.cluster.client());
+    networks
+        .create(&PostParams::default(), &network("first", "br-gw", 100))
+        .await
+        .unwrap();
+    p.cluster
+        .kubectl_ok(&["wait", "--for=condition=Ready", "network/first", "--timeout=40s"])
+        .unwrap();
+    let before = (a.ifindex("br-gw"), a.ifindex("vxlan100"));
+
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creation timestamps have 1 s resolution
+    let mut second = network("second", "br-gw", 200);
+    second.spec.attachments.name = Some("second".into());
+    second.spec.attachments.router = None;
+    networks.create(&PostParams::default(), &second).await.unwrap();
+    let message = eventually("Conflict condition", WAIT, || async {
+        let n = networks.get("second").await.map_err(|e| e.to_string())?;
+        let c = n
+            .status
+            .as_ref()
+            .and_then(|s| find_condition(&s.conditions, "Conflict"))
+            .ok_or("no condition")?;
+        if c.status == "True" {
+            Ok(c.message.clone())
+        } else {
+            Err(c.message.clone())
+        }
+    })
+    .await;
+    assert!(message.contains("older Network first"), "{message}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        a.ifindex("vxlan200"),
+        None,
+        "nothing is built for the newer Network"
+    );
+    assert_eq!(
+        (a.ifindex("br-gw"), a.ifindex("vxlan100")),
+        before,
+        "the older one's links are untouched"
+    );
+    assert_eq!(a.link("br-gw").unwrap()["ifalias"], "nno.dev owner=Network/first");
+    assert!(
+        nad_mtu(&p.cluster, "second").await.is_err(),
+        "no NAD for the newer Network"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_network_waits_for_the_nodes_and_leaves_nothing_behind() {
+    let p = product().await;
+    let a = node(&p, "node-a", 1, 1500, &[("gw", "true")]).await;
+    let b = node(&p, "node-b", 2, 1500, &[("gw", "true")]).await;
+    let networks: Api<Network> = Api::all(p.cluster.client());
+    networks
+        .create(&PostParams::default(), &network("gw", "br-gw", 100))
+        .await
+        .unwrap();
+    p.cluster
+        .kubectl_ok(&["wait", "--for=condition=Ready", "network/gw", "--timeout=40s"])
+        .unwrap();
+    assert!(a.ifindex("vxlan100").is_some() && b.ifindex("vxlan100").is_some());
+
+    networks.delete("gw", &DeleteParams::default()).await.unwrap();
+    eventually("Network gone", WAIT, || async {
+        match networks.get_opt("gw").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+    // The finalizer held it until the agents had removed the links.
+    for n in [&a, &b] {
+        assert_eq!(
+            (n.ifindex("br-gw"), n.ifindex("vxlan100")),
+            (None, None),
+            "{}",
+            n.name
+        );
+    }
+    let nads: Api<NetworkAttachmentDefinition> = Api::all(p.cluster.client());
+    eventually("NADs garbage-collected", WAIT, || async {
+        let left = nads
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        if left.items.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} left", left.items.len()))
+        }
+    })
+    .await;
+    for n in [&a, &b] {
+        let bridges = n.ip(&["-o", "link", "show", "type", "bridge"]).unwrap();
+        let vxlans = n.ip(&["-o", "link", "show", "type", "vxlan"]).unwrap();
+        assert!(
+            bridges.trim().is_empty() && vxlans.trim().is_empty(),
+            "{}: {bridges}{vxlans}",
+            n.name
+        );
+    }
+}
