@@ -7,7 +7,7 @@
 
 use futures::{StreamExt, future};
 use kube::Resource;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
@@ -59,3 +59,34 @@ pub fn triggers(rx: watch::Receiver<()>) -> impl futures::Stream<Item = ()> + Se
         Some(((), rx))
     })
 }
+
+/// `K` cannot be listed: its CRD is not installed, or RBAC forbids it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot list {plural}: {source}. {hint}")]
+pub struct NotListable {
+    plural: String,
+    hint: &'static str,
+    #[source]
+    source: kube::Error,
+}
+
+/// Checks at start-up that `K` can be listed (one object at most), so a missing CRD
+/// or permission is said plainly instead of as an endless watch retry.
+pub async fn check_listable<K>(client: &kube::Client, hint: &'static str) -> Result<(), NotListable>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = Api::all(client.clone());
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(source) => Err(NotListable {
+            plural: format!("{}.{}", K::plural(&()), K::group(&())),
+            hint,
+            source,
+        }),
+    }
+}
+
+/// The hint for the operator's own kinds.
+pub const NNO_CRDS: &str =
+    "Is the CRD installed (the Helm chart installs it) and does this service account have the chart's RBAC?";

@@ -31,7 +31,7 @@ use super::metrics::{Metrics, OpLabel, StateLabel};
 use super::{MANAGER, report};
 use crate::api::node_state::NodeNetworkStateStatus;
 use crate::api::{Link, Network, NodeNetworkState};
-use crate::cache::{OnError, cache};
+use crate::cache::{NNO_CRDS, OnError, cache, check_listable};
 use crate::controller::status::differs;
 use crate::netlink::{Applied, DesiredLink, Engine, LinkState};
 use crate::readiness::{self, Readiness};
@@ -56,6 +56,9 @@ pub struct Args {
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(client: kube::Client, args: Args) -> anyhow::Result<()> {
+    check_listable::<Network>(&client, NNO_CRDS).await?;
+    check_listable::<Link>(&client, NNO_CRDS).await?;
+    check_listable::<NodeNetworkState>(&client, NNO_CRDS).await?;
     let engine = Engine::new()
         .context("opening rtnetlink: the agent needs CAP_NET_ADMIN in the node's network namespace")?;
     let mut registry = Registry::default();

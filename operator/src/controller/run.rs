@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{Namespace, Node};
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
@@ -22,7 +22,7 @@ use super::metrics::{ErrorLabel, Metrics};
 use super::nad::{CniVersion, Settings};
 use super::{Error, LABEL_MANAGED_BY, MANAGED_BY, link, network};
 use crate::api::{Link, Network, NodeNetworkState};
-use crate::cache::{OnError, cache, triggers};
+use crate::cache::{NNO_CRDS, OnError, cache, check_listable, triggers};
 use crate::multus::NetworkAttachmentDefinition;
 use crate::telemetry;
 
@@ -141,35 +141,11 @@ pub async fn run(client: kube::Client, args: Args) -> anyhow::Result<()> {
 }
 
 async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
-    for (kind, result) in [
-        (
-            "networks.nno.dev",
-            Api::<Network>::all(client.clone())
-                .list_metadata(&ListParams::default().limit(1))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "links.nno.dev",
-            Api::<Link>::all(client.clone())
-                .list_metadata(&ListParams::default().limit(1))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "network-attachment-definitions.k8s.cni.cncf.io",
-            Api::<NetworkAttachmentDefinition>::all(client.clone())
-                .list_metadata(&ListParams::default().limit(1))
-                .await
-                .map(|_| ()),
-        ),
-    ] {
-        if let Err(e) = result {
-            anyhow::bail!(
-                "cannot list {kind}: {e}. Is the CRD installed (the Helm chart installs ours; multus installs NetworkAttachmentDefinitions) and may this service account list it?"
-            );
-        }
-    }
+    check_listable::<Network>(client, NNO_CRDS).await?;
+    check_listable::<Link>(client, NNO_CRDS).await?;
+    check_listable::<NodeNetworkState>(client, NNO_CRDS).await?;
+    let multus = "Is multus installed (it installs the NetworkAttachmentDefinition CRD)?";
+    check_listable::<NetworkAttachmentDefinition>(client, multus).await?;
     Ok(())
 }
 
