@@ -386,9 +386,14 @@ impl StatusWriter {
             self.object_ok = true;
         }
         let body = json!({"apiVersion": "nno.dev/v1alpha1", "kind": "NodeNetworkState", "status": status});
-        self.api
-            .patch_status(&name, &params, &Patch::Apply(&body))
-            .await?;
+        if let Err(e) = self.api.patch_status(&name, &params, &Patch::Apply(&body)).await {
+            // Gone (e.g. collected with a Node that was deleted and registered again):
+            // create it again on the next attempt.
+            if matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                self.object_ok = false;
+            }
+            return Err(e);
+        }
         info!(
             ready = status.ready_interfaces.as_deref().unwrap_or_default(),
             "wrote NodeNetworkState"
