@@ -247,3 +247,111 @@ async fn deleting_a_network_waits_for_the_nodes_and_leaves_nothing_behind() {
         );
     }
 }
+
+/// An object that cannot be read (here: stored under a looser schema, as after a CRD
+/// version change) breaks no watch: the controller reports it and goes on with the
+/// others; the agents leave every link as it is until it is fixed or deleted.
+#[tokio::test]
+async fn an_unreadable_network_breaks_nothing() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{DynamicObject, Patch, PatchParams};
+    use kube::core::ApiResource;
+
+    let p = product().await;
+    let a = node(&p, "node-a", 1, 1500, &[("gw", "true")]).await;
+    let networks: Api<Network> = Api::all(p.cluster.client());
+    networks
+        .create(&PostParams::default(), &network("good", "br-gw", 100))
+        .await
+        .unwrap();
+    p.cluster
+        .kubectl_ok(&["wait", "--for=condition=Ready", "network/good", "--timeout=40s"])
+        .unwrap();
+    let indexes = (a.ifindex("br-gw"), a.ifindex("vxlan100"));
+
+    // Store a Network our types cannot read, through a permissive schema, then put
+    // the real CRD back.
+    let crds: Api<CustomResourceDefinition> = Api::all(p.cluster.client());
+    let real = nno::api::crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "Network")
+        .unwrap();
+    let mut loose = serde_json::to_value(&real).unwrap();
+    loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"] =
+        json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    let params = PatchParams::apply(nno_e2e::cluster::MANAGER).force();
+    crds.patch("networks.nno.dev", &params, &Patch::Apply(&loose))
+        .await
+        .unwrap();
+    let raw: Api<DynamicObject> = Api::all_with(p.cluster.client(), &ApiResource::erase::<Network>(&()));
+    let broken: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "nno.dev/v1alpha1", "kind": "Network", "metadata": {"name": "broken"},
+        "spec": {"bridge": 42}
+    }))
+    .unwrap();
+    eventually("stored under the loose schema", WAIT, || async {
+        raw.create(&PostParams::default(), &broken)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    crds.patch("networks.nno.dev", &params, &Patch::Apply(&real))
+        .await
+        .unwrap();
+
+    // The controller says so, and keeps working on the readable one.
+    eventually("InvalidObject event", WAIT, || async {
+        let events = p
+            .cluster
+            .kubectl_ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "reason=InvalidObject",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ])
+            .map_err(|e| e.to_string())?;
+        if events.contains("cannot read this Network") {
+            Ok(())
+        } else {
+            Err(events)
+        }
+    })
+    .await;
+    networks
+        .patch(
+            "good",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"mtu": 1400}})),
+        )
+        .await
+        .unwrap();
+    eventually("NAD of the readable Network updated", WAIT, || async {
+        match nad_mtu(&p.cluster, "good").await? {
+            1400 => Ok(()),
+            other => Err(format!("mtu {other}")),
+        }
+    })
+    .await;
+
+    // The agent changes nothing while it cannot read every Network...
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!((a.ifindex("br-gw"), a.ifindex("vxlan100")), indexes);
+    assert_eq!(
+        a.link("br-gw").unwrap()["mtu"],
+        1450,
+        "frozen while an object is unreadable"
+    );
+    // ... and catches up once it is gone.
+    raw.delete("broken", &DeleteParams::default()).await.unwrap();
+    eventually("MTU applied after the unreadable object went", WAIT, || async {
+        match a.link("br-gw").and_then(|l| l["mtu"].as_u64()) {
+            Some(1400) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!((a.ifindex("br-gw"), a.ifindex("vxlan100")), indexes);
+}

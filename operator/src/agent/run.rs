@@ -19,6 +19,7 @@ use futures::future;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
@@ -95,8 +96,8 @@ struct Agent {
     client: kube::Client,
     node: String,
     nodes: Store<Node>,
-    networks: Store<Network>,
-    links: Store<Link>,
+    networks: Store<DeserializeGuard<Network>>,
+    links: Store<DeserializeGuard<Link>>,
     states: Store<NodeNetworkState>,
     changed: watch::Receiver<()>,
     metrics: Metrics,
@@ -126,13 +127,13 @@ impl Agent {
         );
         let config = watcher::Config::default;
         let (networks, b) = cache(
-            Api::<Network>::all(client.clone()),
+            Api::<DeserializeGuard<Network>>::all(client.clone()),
             config(),
             tx.clone(),
             on_error.clone(),
         );
         let (links, c) = cache(
-            Api::<Link>::all(client.clone()),
+            Api::<DeserializeGuard<Link>>::all(client.clone()),
             config(),
             tx.clone(),
             on_error.clone(),
@@ -191,20 +192,32 @@ impl Agent {
             .collect()
     }
 
-    /// What the node should have now, for the engine and for the report.
-    fn compute(&self, info: &NodeInfo, engine: &[LinkState]) -> (Vec<desired::Want>, Vec<DesiredLink>) {
-        let networks = self.networks.state();
-        let links = self.links.state();
+    /// What the node should have now, for the engine and for the report; or, while
+    /// a Network or Link cannot be read (e.g. written for another version of the CRD),
+    /// which ones: then nothing is decided and every link stays as it is, since the
+    /// unreadable object's links would otherwise look unwanted and be deleted.
+    fn compute(
+        &self,
+        info: &NodeInfo,
+        engine: &[LinkState],
+    ) -> Result<(Vec<desired::Want>, Vec<DesiredLink>), String> {
+        let (networks, mut unreadable) = readable(self.networks.state(), "Network");
+        let (links, bad_links) = readable(self.links.state(), "Link");
+        unreadable.extend(bad_links);
+        if !unreadable.is_empty() {
+            return Err(unreadable.join("; "));
+        }
         let reports = self.reports();
-        let wants = desired::compute(&Inputs {
+        let inputs = Inputs {
             node: info,
             networks: &networks,
             links: &links,
             reports: &reports,
             engine,
-        });
+        };
+        let wants = desired::compute(&inputs);
         let engine_links = wants.iter().filter_map(|w| w.link.clone()).collect();
-        (wants, engine_links)
+        Ok((wants, engine_links))
     }
 
     #[instrument(skip_all, fields(node = %self.node))]
@@ -232,7 +245,15 @@ impl Agent {
             );
             self.changed.changed().await.context("caches stopped")?;
         };
-        let (wants, links) = self.compute(&info, &[]);
+        let (wants, links) = loop {
+            match self.compute(&info, &[]) {
+                Ok(computed) => break computed,
+                Err(unreadable) => {
+                    error!(%unreadable, "cannot read every Network and Link: waiting before deciding anything");
+                    self.changed.changed().await.context("caches stopped")?;
+                }
+            }
+        };
         info!(
             interfaces = wants.len(),
             "desired state computed; starting the engine"
@@ -246,7 +267,18 @@ impl Agent {
             let started = Instant::now();
             if let Some((node, info)) = self.node_info() {
                 let applied = applied_rx.borrow_and_update().clone();
-                let (wants, links) = self.compute(&info, &applied.states);
+                let (wants, links) = match self.compute(&info, &applied.states) {
+                    Ok(computed) => computed,
+                    Err(unreadable) => {
+                        self.metrics
+                            .api_errors
+                            .get_or_create(&OpLabel { op: "read_object" })
+                            .inc();
+                        error!(%unreadable, "cannot read every Network and Link: keeping every link as it is");
+                        self.changed.changed().await.context("caches stopped")?;
+                        continue;
+                    }
+                };
                 let caught_up = applied.desired == links;
                 desired_tx.send_if_modified(|cur| {
                     let changed = *cur != links;
@@ -316,6 +348,26 @@ impl Agent {
             .into_iter()
             .find(|s| s.name_any() == self.node)
     }
+}
+
+/// The objects that could be read, and a description of those that could not.
+fn readable<K: Clone + kube::Resource>(
+    guards: Vec<Arc<DeserializeGuard<K>>>,
+    kind: &str,
+) -> (Vec<Arc<K>>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for guard in guards {
+        match &guard.0 {
+            Ok(obj) => ok.push(Arc::new(obj.clone())),
+            Err(invalid) => bad.push(format!(
+                "{kind}/{}: {}",
+                invalid.metadata.name.as_deref().unwrap_or("?"),
+                invalid.error
+            )),
+        }
+    }
+    (ok, bad)
 }
 
 async fn sleep_until(at: Option<Instant>) {

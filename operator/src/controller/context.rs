@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
@@ -20,8 +23,8 @@ use crate::model::claims::{self, Claim, Conflict};
 pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
-    pub networks: Store<Network>,
-    pub links: Store<Link>,
+    pub networks: Store<DeserializeGuard<Network>>,
+    pub links: Store<DeserializeGuard<Link>>,
     pub nodes: Store<Node>,
     pub states: Store<NodeNetworkState>,
     pub namespaces: Store<Namespace>,
@@ -40,8 +43,8 @@ impl Context {
     pub fn new(
         client: kube::Client,
         recorder: Recorder,
-        networks: Store<Network>,
-        links: Store<Link>,
+        networks: Store<DeserializeGuard<Network>>,
+        links: Store<DeserializeGuard<Link>>,
         nodes: Store<Node>,
         states: Store<NodeNetworkState>,
         namespaces: Store<Namespace>,
@@ -94,23 +97,17 @@ impl Context {
     /// of losers differs from the last evaluation, so that the others re-evaluate too.
     pub fn conflicts(&self) -> BTreeMap<Owner, Conflict> {
         let mut all: Vec<(Claim, BTreeSet<String>)> = Vec::new();
-        for n in self
-            .networks
-            .state()
-            .iter()
-            .filter(|n| n.meta().deletion_timestamp.is_none())
-        {
+        let networks = self.networks.state();
+        let live_networks = networks.iter().filter_map(|g| g.0.as_ref().ok());
+        for n in live_networks.filter(|n| n.meta().deletion_timestamp.is_none()) {
             all.push((
                 claims::network_claim(n),
                 self.selected_nodes(&n.spec.node_selector),
             ));
         }
-        for l in self
-            .links
-            .state()
-            .iter()
-            .filter(|l| l.meta().deletion_timestamp.is_none())
-        {
+        let links = self.links.state();
+        let live_links = links.iter().filter_map(|g| g.0.as_ref().ok());
+        for l in live_links.filter(|l| l.meta().deletion_timestamp.is_none()) {
             all.push((claims::link_claim(l), self.selected_nodes(&l.spec.node_selector)));
         }
         let losers = claims::conflicts(&all);
@@ -121,6 +118,32 @@ impl Context {
             self.changed.send_replace(());
         }
         losers
+    }
+
+    /// Reports an object that cannot be read as `kind` (e.g. written for another
+    /// version of the CRD): a Warning event on it; it is left alone otherwise.
+    pub async fn invalid(&self, api_version: &str, kind: &str, invalid: &InvalidObject) {
+        let reference = ObjectReference {
+            api_version: Some(api_version.into()),
+            kind: Some(kind.into()),
+            name: invalid.metadata.name.clone(),
+            uid: invalid.metadata.uid.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidObject".into(),
+            note: Some(format!(
+                "cannot read this {kind}, so it is left alone: {}",
+                invalid.error
+            )),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        tracing::error!(kind, name = ?invalid.metadata.name, error = %invalid.error, "cannot read object; leaving it alone");
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(%error, "publishing an event");
+        }
     }
 
     /// Publishes an event about `obj`; failures are logged, never fatal.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::Api;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
@@ -171,8 +172,9 @@ async fn controllers(client: kube::Client, args: Args, metrics: Metrics) {
         on_error,
     );
 
-    let networks_ctl = Controller::new(Api::<Network>::all(client.clone()), watcher::Config::default());
-    let links_ctl = Controller::new(Api::<Link>::all(client.clone()), watcher::Config::default());
+    // One object that cannot be read must not stop the others: DeserializeGuard.
+    let networks_ctl = Controller::new(Api::<DeserializeGuard<Network>>::all(client.clone()), config());
+    let links_ctl = Controller::new(Api::<DeserializeGuard<Link>>::all(client.clone()), config());
     let reporter = Reporter {
         controller: "node-network-operator".into(),
         instance: args.identity.clone(),
@@ -203,7 +205,11 @@ async fn controllers(client: kube::Client, args: Args, metrics: Metrics) {
             owned_nads,
         )
         .reconcile_all_on(triggers(changed.subscribe()))
-        .run(network::reconcile, error_policy::<Network>, ctx.clone())
+        .run(
+            reconcile_network,
+            error_policy::<DeserializeGuard<Network>>,
+            ctx.clone(),
+        )
         .for_each(|result| {
             if let Err(error) = result {
                 warn!(%error, "Network reconcile");
@@ -212,7 +218,11 @@ async fn controllers(client: kube::Client, args: Args, metrics: Metrics) {
         });
     let links = links_ctl
         .reconcile_all_on(triggers(changed.subscribe()))
-        .run(link::reconcile, error_policy::<Link>, ctx.clone())
+        .run(
+            reconcile_link,
+            error_policy::<DeserializeGuard<Link>>,
+            ctx.clone(),
+        )
         .for_each(|result| {
             if let Err(error) = result {
                 warn!(%error, "Link reconcile");
@@ -222,6 +232,29 @@ async fn controllers(client: kube::Client, args: Args, metrics: Metrics) {
     info!("controllers running");
     tokio::join!(nodes_driver, states_driver, ns_driver, networks, links);
     error!("controllers stopped");
+}
+
+async fn reconcile_network(
+    guard: Arc<DeserializeGuard<Network>>,
+    ctx: Arc<Context>,
+) -> super::Result<Action> {
+    match &guard.0 {
+        Ok(network) => network::reconcile(Arc::new(network.clone()), ctx).await,
+        Err(invalid) => {
+            ctx.invalid("nno.dev/v1alpha1", "Network", invalid).await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+async fn reconcile_link(guard: Arc<DeserializeGuard<Link>>, ctx: Arc<Context>) -> super::Result<Action> {
+    match &guard.0 {
+        Ok(link) => link::reconcile(Arc::new(link.clone()), ctx).await,
+        Err(invalid) => {
+            ctx.invalid("nno.dev/v1alpha1", "Link", invalid).await;
+            Ok(Action::await_change())
+        }
+    }
 }
 
 /// Logs and counts the failure and retries with a backoff that grows with each
