@@ -1,5 +1,6 @@
 //! Simulated nodes: each a network namespace on the cluster's underlay bridge (its
-//! `eth0`, 198.18.N.x/24), a Node object with that InternalIP, and optionally the
+//! `eth0`, 198.18.N.x/24 and 2001:db8:N::x/64), a dual-stack Node object with those
+//! InternalIPs, and optionally the
 //! real agent running inside the namespace with the chart's agent credentials.
 
 use std::net::Ipv4Addr;
@@ -23,6 +24,8 @@ pub struct SimNode {
     pub name: String,
     pub netns: String,
     pub address: Ipv4Addr,
+    /// IPv6 underlay address (documentation prefix), for IPv6 VXLAN underlays.
+    pub address6: std::net::Ipv6Addr,
     pub socket: PathBuf,
     host_veth: String,
     log_dir: PathBuf,
@@ -44,6 +47,17 @@ impl SimNode {
         let slot = cluster.underlay.bridge.trim_start_matches("nno-ul");
         let netns = format!("nno{slot}-{name}");
         let address = cluster.underlay.addr(10 + index);
+        let [_, b, c, _] = address.octets();
+        let address6 = std::net::Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            u16::from(b) << 8 | u16::from(c),
+            0,
+            0,
+            0,
+            0,
+            u16::from(10 + index),
+        );
         let host_veth = format!("nno{slot}n{index}");
         let mtu_s = mtu.to_string();
         ip(&["netns", "add", &netns])?;
@@ -51,6 +65,7 @@ impl SimNode {
             name: name.to_string(),
             netns: netns.clone(),
             address,
+            address6,
             socket: cluster.dir().join(format!("{name}.sock")),
             host_veth: host_veth.clone(),
             log_dir: cluster.dir().to_path_buf(),
@@ -71,6 +86,7 @@ impl SimNode {
         ])?;
         node.ip(&["link", "set", "lo", "up"])?;
         node.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        node.ip(&["addr", "add", &format!("{address6}/64"), "dev", "eth0", "nodad"])?;
         node.ip(&["link", "set", "eth0", "up"])?;
         // Multicast VXLAN groups route over the underlay; nothing else leaves it.
         node.ip(&["route", "add", "224.0.0.0/4", "dev", "eth0"])?;
@@ -91,10 +107,16 @@ impl SimNode {
         api.patch(&self.name, &params, &Patch::Apply(&body)).await?;
         let now = jiff::Timestamp::now().to_string();
         let status = json!({"apiVersion": "v1", "kind": "Node", "status": {
-            "addresses": [{"type": "InternalIP", "address": self.address.to_string()}, {"type": "Hostname", "address": self.name}],
+            "addresses": [
+                {"type": "InternalIP", "address": self.address.to_string()},
+                {"type": "InternalIP", "address": self.address6.to_string()},
+                {"type": "Hostname", "address": self.name},
+            ],
             "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "lastHeartbeatTime": now, "lastTransitionTime": now}],
         }});
-        api.patch_status(&self.name, &params, &Patch::Apply(&status))
+        // A merge patch: server-side apply refuses two InternalIP entries (the list is
+        // keyed by type), though dual-stack nodes have them.
+        api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&status))
             .await?;
         Ok(())
     }

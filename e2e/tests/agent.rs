@@ -463,3 +463,42 @@ async fn agent_restart_makes_no_netlink_or_api_writes_and_no_link_flaps() {
     );
     assert_eq!(a.readiness("/v1/bridges/br-gw").await.unwrap()["ready"], true);
 }
+
+#[tokio::test]
+async fn an_ipv6_underlay_peers_and_carries_traffic() {
+    let (cluster, kubeconfig) = setup().await;
+    let mut a = SimNode::create(&cluster, "node-a", 1, 1500, &[("gw", "true")])
+        .await
+        .unwrap();
+    let mut b = SimNode::create(&cluster, "node-b", 2, 1500, &[("gw", "true")])
+        .await
+        .unwrap();
+    a.start_agent(&kubeconfig).unwrap();
+    b.start_agent(&kubeconfig).unwrap();
+    let networks: Api<Network> = Api::all(cluster.client());
+    let net = network("gw6", json!({"vni": 600, "nodePeers": {"ipFamily": "IPv6"}}));
+    networks.create(&PostParams::default(), &net).await.unwrap();
+
+    let (a6, b6) = (a.address6.to_string(), b.address6.to_string());
+    peers_become(&a, "vxlan600", &[b6.as_str()]).await;
+    peers_become(&b, "vxlan600", &[a6.as_str()]).await;
+    let status = state_where(&cluster, "node-a", "IPv6 VTEP reported", |s| {
+        ready(s, &["br-gw", "vxlan600"])
+    })
+    .await;
+    let vx = iface(&status, "vxlan600").unwrap();
+    assert_eq!(vx["vtepAddress"].as_str(), Some(a6.as_str()));
+    assert_eq!(vx["mtu"], 1430, "carrier 1500 minus the IPv6 VXLAN overhead");
+    assert_eq!(a.link("vxlan600").unwrap()["linkinfo"]["info_data"]["local6"], a6);
+
+    a.ip(&["addr", "add", "192.168.50.21/24", "dev", "br-gw"])
+        .unwrap();
+    b.ip(&["addr", "add", "192.168.50.22/24", "dev", "br-gw"])
+        .unwrap();
+    eventually("ping across the IPv6-underlay VXLAN", WAIT, || async {
+        a.exec("ping", &["-c", "1", "-W", "1", "192.168.50.22"])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
