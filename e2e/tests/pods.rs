@@ -5,10 +5,11 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
+use std::time::Duration;
 
-use nno_e2e::node::{NODE_RUN_DIR, SimNode};
+use nno_e2e::node::{NODE_RUN_DIR, SHIM_SOCKET, SimNode};
 use nno_e2e::pod::{self, Cni, DEFAULT_NETWORK, Pod};
-use nno_e2e::{Cluster, require_root};
+use nno_e2e::{Cluster, eventually, operator, require_root};
 use serde_json::{Value, json};
 
 const RANGE: &str = "192.168.50.0/24";
@@ -305,19 +306,23 @@ async fn default_route_to_the_router() {
 }
 
 /// What a plugin running on node X finds at /run/nno-e2e is node X's run directory,
-/// where its agent's socket lives, and whereabouts' flat file is in its /etc; the
+/// with its agent's readiness socket, and whereabouts' flat file is in its /etc; the
 /// host's /run/nno-e2e stays empty and its /etc unchanged.
 #[tokio::test]
 async fn cni_invocations_see_their_own_nodes_run_directory() {
+    use std::os::unix::fs::MetadataExt;
     require_root();
     let host_flat = std::fs::read(FLAT).ok();
     let cluster = Cluster::start().await.unwrap();
     let cni = Cni::install(&cluster, &[]).await.unwrap();
-    let a = SimNode::create(&cluster, "node-a", 1, 1500, &[]).await.unwrap();
-    let b = SimNode::create(&cluster, "node-b", 2, 1500, &[]).await.unwrap();
-    assert_eq!(a.socket, a.run_dir.join("agent.sock"));
-    for node in [&a, &b] {
+    operator::install_rbac(&cluster).await.unwrap();
+    let kubeconfig = operator::component_kubeconfig(&cluster, "agent").await.unwrap();
+    let mut a = SimNode::create(&cluster, "node-a", 1, 1500, &[]).await.unwrap();
+    let mut b = SimNode::create(&cluster, "node-b", 2, 1500, &[]).await.unwrap();
+    for node in [&mut a, &mut b] {
+        assert_eq!(node.socket, node.run_dir.join("agent.sock"));
         std::fs::write(node.run_dir.join("marker"), &node.name).unwrap();
+        node.start_agent(&kubeconfig).unwrap();
     }
     let on = |node: &SimNode, script: String| {
         let mut cmd = cni.node_command(node, Path::new("/bin/sh")).unwrap();
@@ -344,7 +349,30 @@ async fn cni_invocations_see_their_own_nodes_run_directory() {
             flat["kubernetes"]["kubeconfig"],
             json!(cni.whereabouts_kubeconfig)
         );
+
+        // The node's agent serves on its socket; at SHIM_SOCKET the plugins on the node
+        // find that very socket (same device and inode), not another node's.
+        let answer = eventually("the agent serving", Duration::from_secs(30), || async {
+            node.readiness("/v1/bridges/br-none")
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        assert_eq!(answer["node"], json!(node.name));
+        let host = std::fs::metadata(&node.socket).unwrap();
+        let seen = on(
+            node,
+            format!("test -S {SHIM_SOCKET} && stat -c %d:%i {SHIM_SOCKET}"),
+        )
+        .await;
+        assert_eq!(
+            seen.trim(),
+            format!("{}:{}", host.dev(), host.ino()),
+            "{}",
+            node.name
+        );
     }
     assert!(!Path::new(NODE_RUN_DIR).join("marker").exists());
+    assert!(!Path::new(SHIM_SOCKET).exists());
     assert_eq!(std::fs::read(FLAT).ok(), host_flat);
 }
