@@ -50,6 +50,17 @@
 //! # }
 //! ```
 //!
+//! What the pinned plugins do that a test author may not expect (each shown in
+//! `e2e/tests/pods.rs`):
+//! - the multus annotation's `default-route` has no effect in multus v4.2.3 while the
+//!   default network gives eth0 a default route (as here, and on real clusters): its
+//!   DeleteDefaultGW misses the route and its EEXIST is ignored (multus-cni PR
+//!   #1552). A default route in the NAD's IPAM `routes` does win: the bridge plugin
+//!   adds it in front of eth0's;
+//! - whereabouts keeps one IPPool per range (and `network_name`) in its namespace,
+//!   plus one OverlappingRangeIPReservation per address (`enable_overlapping_ranges`
+//!   defaults to true); DEL releases both.
+//!
 //! Nothing here sends traffic: pods get addresses in 198.19.0.0/16 on their node's
 //! `cni0` (whose gateway address lives in the node, which has no route off the
 //! underlay) and whatever the test's NADs give them.
