@@ -126,6 +126,24 @@ build_whereabouts() {
     "github.com/k8snetworkplumbingwg/whereabouts/cmd=whereabouts"
 }
 
+# The whereabouts CRDs (IPPool, OverlappingRangeIPReservation, NodeSlicePool) from the
+# pinned module's doc/crds, which the e2e tests install into their clusters. Copied into
+# $NNO_BIN/whereabouts-crds, never into the repository.
+copy_whereabouts_crds() {
+  local out=$NNO_BIN/whereabouts-crds
+  [ "$(cat "$out/.version" 2>/dev/null)" = "$WHEREABOUTS_VERSION" ] &&
+    { log "whereabouts CRDs $WHEREABOUTS_VERSION: cached"; return; }
+  local src
+  src=$(go mod download -json "github.com/k8snetworkplumbingwg/whereabouts@$WHEREABOUTS_VERSION" |
+    sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -d "$src/doc/crds" ] || die "could not download github.com/k8snetworkplumbingwg/whereabouts@$WHEREABOUTS_VERSION"
+  rm -rf "$out" && mkdir -p "$out"
+  cp "$src"/doc/crds/whereabouts.cni.cncf.io_*.yaml "$out/"
+  chmod u+w "$out"/*.yaml
+  echo "$WHEREABOUTS_VERSION" >"$out/.version"
+  log "whereabouts CRDs $WHEREABOUTS_VERSION copied into $out"
+}
+
 build_helm() {
   build_go_tools helm helm.sh/helm/v3 "$HELM_VERSION" "helm.sh/helm/v3/cmd/helm=helm"
 }
@@ -137,6 +155,7 @@ build_etcd
 build_cni_plugins
 build_multus
 build_whereabouts
+copy_whereabouts_crds
 build_helm
 log "all tools ready in $NNO_BIN ($((SECONDS - start))s)"
 if [ "${1:-}" = --print ]; then echo "$NNO_BIN"; fi

@@ -10,6 +10,7 @@ pub mod fake;
 pub mod node;
 pub mod operator;
 pub mod pki;
+pub mod pod;
 pub mod process;
 pub mod samples;
 pub mod tools;

@@ -2,6 +2,13 @@
 //! `eth0`, 198.18.N.x/24 and 2001:db8:N::x/64), a dual-stack Node object with those
 //! InternalIPs, and optionally the
 //! real agent running inside the namespace with the chart's agent credentials.
+//!
+//! Simulated nodes share the host's filesystem, but each real node has its own `/run`.
+//! Each SimNode therefore has a run directory of its own ([`SimNode::run_dir`], where
+//! its agent's readiness socket lives), and whatever runs "on the node" for the CNI
+//! (see [`crate::pod`]) sees that directory at [`NODE_RUN_DIR`] through a private bind
+//! mount. So one socket path, [`SHIM_SOCKET`], means "this node's agent" on every node,
+//! as `/run/nno/agent.sock` does on real nodes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -20,12 +27,24 @@ use crate::underlay::ip;
 /// Field manager of the harness's kubelet stand-in.
 const KUBELET: &str = "nno.dev/e2e-kubelet";
 
+/// Where a node's [`SimNode::run_dir`] appears to the CNI plugins running on it.
+pub const NODE_RUN_DIR: &str = "/run/nno-e2e";
+/// The agent's readiness socket as the CNI plugins on every node see it: start the
+/// controller with `--shim-socket=/run/nno-e2e/agent.sock` so that the NADs name it.
+pub const SHIM_SOCKET: &str = "/run/nno-e2e/agent.sock";
+
 pub struct SimNode {
     pub name: String,
+    /// The `index` given to [`SimNode::create`] (1..=200).
+    pub index: u8,
     pub netns: String,
     pub address: Ipv4Addr,
     /// IPv6 underlay address (documentation prefix), for IPv6 VXLAN underlays.
     pub address6: std::net::Ipv6Addr,
+    /// This node's own run directory on the host, seen at [`NODE_RUN_DIR`] by the CNI
+    /// plugins running on the node.
+    pub run_dir: PathBuf,
+    /// The agent's readiness socket, as a host path (`<run_dir>/agent.sock`).
     pub socket: PathBuf,
     host_veth: String,
     log_dir: PathBuf,
@@ -60,13 +79,17 @@ impl SimNode {
         );
         let host_veth = format!("nno{slot}n{index}");
         let mtu_s = mtu.to_string();
+        let run_dir = cluster.dir().join(format!("node-{name}")).join("run");
+        std::fs::create_dir_all(&run_dir)?;
         ip(&["netns", "add", &netns])?;
         let node = Self {
             name: name.to_string(),
+            index,
             netns: netns.clone(),
             address,
             address6,
-            socket: cluster.dir().join(format!("{name}.sock")),
+            socket: run_dir.join("agent.sock"),
+            run_dir,
             host_veth: host_veth.clone(),
             log_dir: cluster.dir().to_path_buf(),
             agent: None,
