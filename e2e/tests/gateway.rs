@@ -1,0 +1,402 @@
+//! The headline: a gateway network across nodes. The controller, the real agents in
+//! namespace-nodes, and pods attached by the real multus with the NADs the controller
+//! wrote (nno-cni-shim, the bridge plugin, whereabouts). A client pod on one node
+//! sends its traffic through a router pod on another node, across the VXLAN, without
+//! NET_ADMIN; and nno-cni-shim holds an attachment until the node's bridge is Ready.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, PostParams};
+use nno::api::Network;
+use nno_e2e::node::SimNode;
+use nno_e2e::pod::{Cni, Pod};
+use nno_e2e::process::Process;
+use nno_e2e::underlay::ip;
+use nno_e2e::{Cluster, eventually, operator, samples};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Product {
+    cluster: Cluster,
+    cni: Cni,
+    agent_kubeconfig: PathBuf,
+    _controller: Process,
+}
+
+async fn product(extra: &[&str]) -> Product {
+    let cluster = Cluster::start().await.unwrap();
+    operator::install_rbac(&cluster).await.unwrap();
+    let cni = Cni::install(&cluster, &["nno-cni-shim"]).await.unwrap();
+    let controller_kubeconfig = operator::component_kubeconfig(&cluster, "controller")
+        .await
+        .unwrap();
+    let agent_kubeconfig = operator::component_kubeconfig(&cluster, "agent").await.unwrap();
+    let mut args = cni.controller_args();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let controller = operator::start_controller(&cluster, &controller_kubeconfig, "a", &args).unwrap();
+    Product {
+        cluster,
+        cni,
+        agent_kubeconfig,
+        _controller: controller,
+    }
+}
+
+async fn node(p: &Product, name: &str, index: u8, labels: &[(&str, &str)]) -> SimNode {
+    let mut node = SimNode::create(&p.cluster, name, index, 1500, labels)
+        .await
+        .unwrap();
+    node.start_agent(&p.agent_kubeconfig).unwrap();
+    node
+}
+
+/// The sample Network, as a user would apply it.
+fn sample(file: &str) -> Network {
+    let (_, doc) = samples::documents()
+        .unwrap()
+        .into_iter()
+        .find(|(path, _)| path.ends_with(file))
+        .unwrap_or_else(|| panic!("no sample {file}"));
+    serde_json::from_value(doc).unwrap()
+}
+
+/// A host outside the cluster on the underlay, counting the ICMP it receives per
+/// source address.
+struct Outside {
+    netns: String,
+    veth: String,
+    address: String,
+}
+
+impl Outside {
+    fn create(cluster: &Cluster) -> Self {
+        let slot = cluster.underlay.bridge.trim_start_matches("nno-ul").to_string();
+        let netns = format!("nno{slot}-outside");
+        let veth = format!("nno{slot}out");
+        let address = cluster.underlay.addr(250).to_string();
+        ip(&["netns", "add", &netns]).unwrap();
+        let outside = Self {
+            netns: netns.clone(),
+            veth: veth.clone(),
+            address: address.clone(),
+        };
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ])
+        .unwrap();
+        ip(&["link", "set", &veth, "master", &cluster.underlay.bridge, "up"]).unwrap();
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
+        ip(&["-n", &netns, "link", "set", "eth0", "up"]).unwrap();
+        outside
+    }
+
+    fn count_from(&self, source: &str) {
+        run_in(
+            &self.netns,
+            "iptables",
+            &["-A", "INPUT", "-p", "icmp", "-s", source, "-j", "ACCEPT"],
+        );
+    }
+
+    /// ICMP packets received from `source` (a rule added with `count_from`).
+    fn received_from(&self, source: &str) -> u64 {
+        let out = run_in(&self.netns, "iptables", &["-L", "INPUT", "-v", "-x", "-n"]);
+        out.lines()
+            .find(|l| l.split_whitespace().any(|w| w == source))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", "dev", &self.veth]);
+        let _ = ip(&["netns", "del", &self.netns]);
+    }
+}
+
+fn run_in(netns: &str, program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, program])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {netns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn client_traffic_leaves_through_a_router_pod_on_another_node() {
+    let p = product(&[]).await;
+    let gw = [("nno.dev/gateway-network", "true")];
+    let a = node(&p, "node-a", 1, &gw).await;
+    let b = node(&p, "node-b", 2, &gw).await;
+    let networks: Api<Network> = Api::all(p.cluster.client());
+    networks
+        .create(&PostParams::default(), &sample("gateway-network/multi-node.yaml"))
+        .await
+        .unwrap();
+    p.cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "network/gateway",
+            "--timeout=60s",
+        ])
+        .unwrap();
+    let mtu = networks
+        .get("gateway")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .mtu
+        .unwrap();
+    assert_eq!(mtu, 1450);
+
+    // The router pod on node-b: a static 192.168.50.1 on the gateway network, and the
+    // router's own job (forwarding, NAT out of its eth0), which is its business.
+    let router = Pod::create(
+        &p.cluster,
+        &p.cni,
+        &b,
+        "default",
+        "router",
+        Some("gateway-router"),
+    )
+    .await
+    .unwrap();
+    router.add_ok().await.unwrap();
+    assert_eq!(router.ipv4("net1").unwrap().to_string(), "192.168.50.1");
+    router.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    router
+        .exec(
+            "iptables",
+            &["-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE"],
+        )
+        .unwrap();
+    // node-b forwards and masquerades its pods' traffic, as a cluster's primary CNI does.
+    let subnet = format!("{}/24", p.cni.pod_subnet(&b));
+    b.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    b.exec(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &subnet,
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ],
+    )
+    .unwrap();
+
+    let outside = Outside::create(&p.cluster);
+    let (a_ip, b_ip) = (a.address.to_string(), b.address.to_string());
+    outside.count_from(&a_ip);
+    outside.count_from(&b_ip);
+
+    // The client pod on node-a: an address from whereabouts, the default route from
+    // the Network's ipam.routes through the router.
+    let client = Pod::create(&p.cluster, &p.cni, &a, "default", "client", Some("gateway"))
+        .await
+        .unwrap();
+    client.add_ok().await.unwrap();
+    let net1 = client.ipv4("net1").unwrap();
+    assert!(
+        net1.to_string().starts_with("192.168.50.") && net1.to_string() != "192.168.50.1",
+        "{net1}"
+    );
+    let target: std::net::IpAddr = outside.address.parse().unwrap();
+    let (via, dev) = client.route_to(target).unwrap();
+    assert_eq!(
+        (via.map(|v| v.to_string()), dev.as_str()),
+        (Some("192.168.50.1".into()), "net1")
+    );
+    let client_mtu = client.ip(&["-j", "link", "show", "dev", "net1"]).unwrap();
+    assert!(
+        client_mtu.contains("\"mtu\":1450"),
+        "pod MTU is the derived MTU: {client_mtu}"
+    );
+    let status = client.network_status().await.unwrap();
+    assert!(
+        status.iter().any(|s| s["name"] == "default/gateway"),
+        "{status:?}"
+    );
+
+    // The client reaches the outside host, and the outside host sees node-b (where the
+    // router is), never node-a (where the client is): the traffic crossed the VXLAN
+    // and left through the router pod.
+    eventually("client reaches the outside host", WAIT, || async {
+        client
+            .exec("ping", &["-c", "1", "-W", "1", &outside.address])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    client
+        .exec("ping", &["-c", "3", "-i", "0.2", "-W", "1", &outside.address])
+        .unwrap();
+    let counters = run_in(&outside.netns, "iptables", &["-L", "INPUT", "-v", "-x", "-n"]);
+    assert!(
+        outside.received_from(&b_ip) >= 3,
+        "received from node-b: {}\n{counters}",
+        outside.received_from(&b_ip)
+    );
+    assert_eq!(
+        outside.received_from(&a_ip),
+        0,
+        "nothing came straight from node-a"
+    );
+
+    client.del_ok().await.unwrap();
+    router.del_ok().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_shim_holds_an_attachment_until_the_bridge_is_ready() {
+    let p = product(&["--shim-timeout=20"]).await;
+    let a = node(&p, "node-a", 1, &[("gw", "true")]).await;
+    let networks: Api<Network> = Api::all(p.cluster.client());
+    // The VXLAN's carrier does not exist yet, so the bridge is not Ready on node-a.
+    let net: Network = serde_json::from_value(json!({
+        "apiVersion": "nno.dev/v1alpha1", "kind": "Network", "metadata": {"name": "late"},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"gw": "true"}},
+            "bridge": {"name": "br-late"},
+            "vxlan": {"vni": 77, "group": "239.1.1.77", "device": "carrier0"},
+            "mtu": 1400,
+            "ipam": {"range": "192.168.50.0/24"},
+            "attachments": {"namespaces": ["default"], "router": {"address": "192.168.50.1"}}
+        }
+    }))
+    .unwrap();
+    networks.create(&PostParams::default(), &net).await.unwrap();
+    let nad = Api::<nno::multus::NetworkAttachmentDefinition>::namespaced(p.cluster.client(), "default");
+    eventually("NADs written", WAIT, || async {
+        nad.get_opt("late-router")
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .ok_or("not yet".to_string())
+    })
+    .await;
+
+    let pod = Pod::create(&p.cluster, &p.cni, &a, "default", "waits", Some("late-router"))
+        .await
+        .unwrap();
+    let bridge_ports = || {
+        a.ip(&["-o", "link", "show", "master", "br-late"])
+            .unwrap_or_default()
+    };
+    let (added, ready_at) = tokio::join!(pod.add(), async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !bridge_ports().contains("veth"),
+            "the bridge plugin must not run while the bridge is not Ready"
+        );
+        assert!(!pod.has_interface("net1"));
+        a.ip(&[
+            "link",
+            "add",
+            "carrier0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "carrier0p",
+        ])
+        .unwrap();
+        a.ip(&["addr", "add", "198.19.254.1/32", "dev", "carrier0"])
+            .unwrap();
+        a.ip(&["link", "set", "carrier0p", "up"]).unwrap();
+        a.ip(&["link", "set", "carrier0", "up"]).unwrap();
+        loop {
+            let up = a.link("vxlan77").is_some_and(|l| l["master"] == "br-late");
+            if up {
+                break Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let added_at = Instant::now();
+    let out = added.unwrap();
+    assert!(out.success(), "ADD: {}\n{}", out.stdout, out.stderr);
+    println!(
+        "ADD (multus, shim, bridge, static IPAM) finished {:?} after the VXLAN joined the bridge",
+        added_at - ready_at
+    );
+    assert!(added_at - ready_at < Duration::from_secs(2));
+    assert_eq!(pod.ipv4("net1").unwrap().to_string(), "192.168.50.1");
+    assert!(bridge_ports().contains("veth"));
+    pod.del_ok().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_shim_refuses_naming_node_bridge_and_reason() {
+    let p = product(&["--shim-timeout=2"]).await;
+    let a = node(&p, "node-a", 1, &[("gw", "true")]).await;
+    let networks: Api<Network> = Api::all(p.cluster.client());
+    let net: Network = serde_json::from_value(json!({
+        "apiVersion": "nno.dev/v1alpha1", "kind": "Network", "metadata": {"name": "never"},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"gw": "true"}},
+            "bridge": {"name": "br-never"},
+            "vxlan": {"vni": 78, "group": "239.1.1.78", "device": "nowhere0"},
+            "mtu": 1400,
+            "ipam": {"range": "192.168.50.0/24"},
+            "attachments": {"namespaces": ["default"], "router": {"address": "192.168.50.1"}}
+        }
+    }))
+    .unwrap();
+    networks.create(&PostParams::default(), &net).await.unwrap();
+    let nad = Api::<nno::multus::NetworkAttachmentDefinition>::namespaced(p.cluster.client(), "default");
+    eventually("NADs written", WAIT, || async {
+        nad.get_opt("never-router")
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .ok_or("not yet".to_string())
+    })
+    .await;
+
+    let pod = Pod::create(&p.cluster, &p.cni, &a, "default", "refused", Some("never-router"))
+        .await
+        .unwrap();
+    let out = pod.add().await.unwrap();
+    assert!(!out.success(), "ADD must fail while the bridge is not Ready");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    for expected in ["br-never", "node-a", "CarrierMissing", "nowhere0"] {
+        assert!(text.contains(expected), "the refusal names {expected}:\n{text}");
+    }
+    let error: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap_or_default();
+    println!("multus answered: {error}");
+    assert!(
+        !a.ip(&["-o", "link", "show", "master", "br-never"])
+            .unwrap_or_default()
+            .contains("veth")
+    );
+    assert!(!pod.has_interface("net1"));
+    // DEL of the refused attachment always succeeds.
+    pod.del_ok().await.unwrap();
+}
