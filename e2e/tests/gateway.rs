@@ -63,6 +63,19 @@ fn sample(file: &str) -> Network {
     serde_json::from_value(doc).unwrap()
 }
 
+/// The networks annotation of a pod in samples/gateway-network/pods.yaml.
+fn sample_pod_networks(name: &str) -> String {
+    let (_, doc) = samples::documents()
+        .unwrap()
+        .into_iter()
+        .find(|(path, doc)| path.ends_with("gateway-network/pods.yaml") && doc["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no sample pod {name}"));
+    doc["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// A host outside the cluster on the underlay, counting the ICMP it receives per
 /// source address.
 struct Outside {
@@ -172,13 +185,14 @@ async fn client_traffic_leaves_through_a_router_pod_on_another_node() {
 
     // The router pod on node-b: a static 192.168.50.1 on the gateway network, and the
     // router's own job (forwarding, NAT out of its eth0), which is its business.
+    let router_networks = sample_pod_networks("router");
     let router = Pod::create(
         &p.cluster,
         &p.cni,
         &b,
         "default",
         "router",
-        Some("gateway-router"),
+        Some(&router_networks),
     )
     .await
     .unwrap();
@@ -218,9 +232,17 @@ async fn client_traffic_leaves_through_a_router_pod_on_another_node() {
 
     // The client pod on node-a: an address from whereabouts, the default route from
     // the Network's ipam.routes through the router.
-    let client = Pod::create(&p.cluster, &p.cni, &a, "default", "client", Some("gateway"))
-        .await
-        .unwrap();
+    let client_networks = sample_pod_networks("client");
+    let client = Pod::create(
+        &p.cluster,
+        &p.cni,
+        &a,
+        "default",
+        "client",
+        Some(&client_networks),
+    )
+    .await
+    .unwrap();
     client.add_ok().await.unwrap();
     let net1 = client.ipv4("net1").unwrap();
     assert!(

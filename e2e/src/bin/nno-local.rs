@@ -37,6 +37,12 @@ async fn main() -> anyhow::Result<()> {
     let client = cluster.client();
     let params = PatchParams::apply("nno.dev/local").force();
     for (file, doc) in samples::documents()? {
+        if doc["apiVersion"]
+            .as_str()
+            .is_none_or(|v| !v.starts_with("nno.dev/"))
+        {
+            continue; // e.g. the example pods: no kubelet runs them here
+        }
         let obj: DynamicObject = serde_json::from_value(doc.clone())?;
         let types = obj
             .types
