@@ -230,7 +230,7 @@ async fn edited_or_deleted_nads_are_restored() {
         .await
         .unwrap();
     report(&cluster, "node-a", "gw", "br-gw", "vxlan100", 1, 1500).await;
-    let _controller = operator::start_controller(&cluster, &kubeconfig, "a", &[]).unwrap();
+    let mut controller = operator::start_controller(&cluster, &kubeconfig, "a", &[]).unwrap();
     let networks: Api<Network> = Api::all(cluster.client());
     networks
         .create(&PostParams::default(), &network("gw", "br-gw", 100, json!({})))
@@ -275,6 +275,18 @@ async fn edited_or_deleted_nads_are_restored() {
         nad_mtu(&cluster, "apps", "gw-router")
     })
     .await;
+
+    // A controller restart (or fail-over) decides nothing before its caches are
+    // complete: every NAD and the status stay exactly as they are.
+    let settled = versions().await;
+    controller.stop(Duration::from_secs(5));
+    let _restarted = operator::start_controller(&cluster, &kubeconfig, "b", &[]).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        versions().await,
+        settled,
+        "a restarted controller makes no writes"
+    );
 }
 
 #[tokio::test]

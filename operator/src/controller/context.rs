@@ -69,6 +69,19 @@ impl Context {
         }
     }
 
+    /// Waits until every cache has its first complete list. A reconcile before that
+    /// would see nodes, namespaces or other Networks missing: wrong statuses, wrong
+    /// conflicts, NADs deleted from namespaces not listed yet.
+    pub async fn caches_ready(&self) {
+        let _ = tokio::join!(
+            self.networks.wait_until_ready(),
+            self.links.wait_until_ready(),
+            self.nodes.wait_until_ready(),
+            self.states.wait_until_ready(),
+            self.namespaces.wait_until_ready(),
+        );
+    }
+
     /// Names of the nodes `selector` selects.
     pub fn selected_nodes(&self, selector: &crate::api::LabelSelector) -> BTreeSet<String> {
         self.nodes

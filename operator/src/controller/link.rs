@@ -20,6 +20,7 @@ const RESYNC: Duration = Duration::from_secs(300);
 #[instrument(skip_all, fields(link = %link.name_any()))]
 pub async fn reconcile(link: Arc<Link>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile("Link");
+    ctx.caches_ready().await;
     if link.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

@@ -34,6 +34,7 @@ const CLEANUP_POLL: Duration = Duration::from_secs(2);
 #[instrument(skip_all, fields(network = %network.name_any()))]
 pub async fn reconcile(network: Arc<Network>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile("Network");
+    ctx.caches_ready().await;
     if network.meta().deletion_timestamp.is_some() {
         return cleanup(&network, &ctx).await;
     }
