@@ -307,6 +307,7 @@ async fn api_server_outage_touches_no_link_and_state_converges_after() {
     .await;
 
     cluster.start_apiserver().await.unwrap();
+    let back = Instant::now();
     let networks: Api<Network> = Api::all(cluster.client());
     networks
         .patch(
@@ -320,6 +321,10 @@ async fn api_server_outage_touches_no_link_and_state_converges_after() {
         iface(s, "br-gw").is_some_and(|i| i["mtu"] == 1300 && i["observedGeneration"] == 2)
     })
     .await;
+    println!(
+        "a change made after the outage was applied and reported {:?} after the API server was back",
+        back.elapsed()
+    );
     assert_eq!((a.ifindex("br-gw"), a.ifindex("vxlan300")), indexes);
 }
 

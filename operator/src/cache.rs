@@ -5,13 +5,16 @@
 //! replaces them only after a complete relist, so a failing watch never looks like
 //! objects being deleted.
 
-use futures::{StreamExt, future};
+use futures::StreamExt;
 use kube::Resource;
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{self, Store};
+use std::time::Duration;
+
+use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Counts watch failures, for the API-error metrics.
 pub type OnError = std::sync::Arc<dyn Fn() + Send + Sync>;
@@ -34,22 +37,73 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let driver = reflector::reflector(writer, watcher(api, config))
-        .default_backoff()
-        .touched_objects()
-        .for_each(move |event| {
+    let driver = async move {
+        let mut events = std::pin::pin!(reflector::reflector(writer, watcher(api, config)).touched_objects());
+        let mut backoff = WatchBackoff::default();
+        while let Some(event) = events.next().await {
             match event {
                 Ok(_) => {
+                    backoff.reset();
                     changed.send_replace(());
+                }
+                // The server no longer has our resource version (e.g. it restarted):
+                // list again at once, as client-go does; it is not a connectivity error.
+                Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                    debug!(
+                        kind = K::kind(&()).as_ref(),
+                        "resource version expired; listing again"
+                    );
                 }
                 Err(error) => {
                     on_error();
-                    warn!(%error, kind = K::kind(&()).as_ref(), "watch failed; keeping the cached objects, retrying with backoff");
+                    let delay = backoff.next().unwrap_or(BACKOFF_MAX);
+                    warn!(%error, kind = K::kind(&()).as_ref(), retry_in = ?delay, "watch failed; keeping the cached objects");
+                    tokio::time::sleep(delay).await;
                 }
             }
-            future::ready(())
-        });
+        }
+    };
     (reader, driver)
+}
+
+/// Retry delays of a failed watch: exponential from 250 ms, doubling, capped at 10 s,
+/// with up to 25% jitter; reset by the first event that arrives. kube's default goes
+/// up to 30 s, which after an API server outage of a few seconds leaves the caches
+/// stale for half a minute once the server is back.
+#[derive(Debug)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: BACKOFF_MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        // Jitter from the clock's low bits: enough to keep agents from retrying in step.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let jitter = delay.mul_f64(f64::from(nanos % 1000) / 4000.0);
+        Some(delay + jitter)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
 }
 
 /// A stream that yields each time `changed` fires.
@@ -90,3 +144,23 @@ where
 /// The hint for the operator's own kinds.
 pub const NNO_CRDS: &str =
     "Is the CRD installed (the Helm chart installs it) and does this service account have the chart's RBAC?";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_backoff_grows_to_its_cap_and_resets() {
+        let mut b = WatchBackoff::default();
+        let delays: Vec<Duration> = (0..10).map(|_| b.next().unwrap()).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let base = (BACKOFF_MIN * 2u32.pow(i as u32)).min(BACKOFF_MAX);
+            assert!(
+                *d >= base && *d <= base.mul_f64(1.25),
+                "delay {i}: {d:?} for base {base:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next().unwrap() < BACKOFF_MIN * 2);
+    }
+}
