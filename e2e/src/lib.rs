@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod fake;
 pub mod node;
 pub mod operator;
+pub mod outside;
 pub mod pki;
 pub mod pod;
 pub mod process;

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, PostParams};
 use nno::api::Network;
 use nno_e2e::node::SimNode;
+use nno_e2e::outside::Outside;
 use nno_e2e::pod::{Cni, Pod};
 use nno_e2e::process::Process;
-use nno_e2e::underlay::ip;
 use nno_e2e::{Cluster, eventually, operator, samples};
 use serde_json::json;
 
@@ -74,84 +74,6 @@ fn sample_pod_networks(name: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-/// A host outside the cluster on the underlay, counting the ICMP it receives per
-/// source address.
-struct Outside {
-    netns: String,
-    veth: String,
-    address: String,
-}
-
-impl Outside {
-    fn create(cluster: &Cluster) -> Self {
-        let slot = cluster.underlay.bridge.trim_start_matches("nno-ul").to_string();
-        let netns = format!("nno{slot}-outside");
-        let veth = format!("nno{slot}out");
-        let address = cluster.underlay.addr(250).to_string();
-        ip(&["netns", "add", &netns]).unwrap();
-        let outside = Self {
-            netns: netns.clone(),
-            veth: veth.clone(),
-            address: address.clone(),
-        };
-        ip(&[
-            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
-        ])
-        .unwrap();
-        ip(&["link", "set", &veth, "master", &cluster.underlay.bridge, "up"]).unwrap();
-        ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{address}/24"),
-            "dev",
-            "eth0",
-        ])
-        .unwrap();
-        ip(&["-n", &netns, "link", "set", "eth0", "up"]).unwrap();
-        outside
-    }
-
-    fn count_from(&self, source: &str) {
-        run_in(
-            &self.netns,
-            "iptables",
-            &["-A", "INPUT", "-p", "icmp", "-s", source, "-j", "ACCEPT"],
-        );
-    }
-
-    /// ICMP packets received from `source` (a rule added with `count_from`).
-    fn received_from(&self, source: &str) -> u64 {
-        let out = run_in(&self.netns, "iptables", &["-L", "INPUT", "-v", "-x", "-n"]);
-        out.lines()
-            .find(|l| l.split_whitespace().any(|w| w == source))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = ip(&["link", "del", "dev", &self.veth]);
-        let _ = ip(&["netns", "del", &self.netns]);
-    }
-}
-
-fn run_in(netns: &str, program: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", netns, program])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {netns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -225,10 +147,10 @@ async fn client_traffic_leaves_through_a_router_pod_on_another_node() {
     )
     .unwrap();
 
-    let outside = Outside::create(&p.cluster);
+    let outside = Outside::create(&p.cluster).unwrap();
     let (a_ip, b_ip) = (a.address.to_string(), b.address.to_string());
-    outside.count_from(&a_ip);
-    outside.count_from(&b_ip);
+    outside.count_from(&a_ip).unwrap();
+    outside.count_from(&b_ip).unwrap();
 
     // The client pod on node-a: an address from whereabouts, the default route from
     // the Network's ipam.routes through the router.
@@ -279,14 +201,14 @@ async fn client_traffic_leaves_through_a_router_pod_on_another_node() {
     client
         .exec("ping", &["-c", "3", "-i", "0.2", "-W", "1", &outside.address])
         .unwrap();
-    let counters = run_in(&outside.netns, "iptables", &["-L", "INPUT", "-v", "-x", "-n"]);
+    let counters = outside.counters().unwrap();
     assert!(
-        outside.received_from(&b_ip) >= 3,
+        outside.received_from(&b_ip).unwrap() >= 3,
         "received from node-b: {}\n{counters}",
-        outside.received_from(&b_ip)
+        outside.received_from(&b_ip).unwrap()
     );
     assert_eq!(
-        outside.received_from(&a_ip),
+        outside.received_from(&a_ip).unwrap(),
         0,
         "nothing came straight from node-a"
     );

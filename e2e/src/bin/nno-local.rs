@@ -2,13 +2,17 @@
 //! multi-node cluster on this machine. A real control plane (etcd, kube-apiserver,
 //! kube-controller-manager) on a 198.18.0.0/15 underlay bridge; three nodes, each a
 //! network namespace with the real agent inside; the controller; the samples
-//! applied. Runs until interrupted; everything is torn down on exit.
+//! applied; and the gateway network at work: a client pod on node-a whose traffic
+//! leaves through a router pod on node-b, both attached by the real multus with the
+//! NADs the controller wrote. Runs until interrupted; everything is torn down on exit.
 
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use nno_e2e::node::SimNode;
+use nno_e2e::outside::Outside;
+use nno_e2e::pod::{Cni, Pod};
 use nno_e2e::{Cluster, operator, samples};
 
 #[tokio::main]
@@ -18,7 +22,10 @@ async fn main() -> anyhow::Result<()> {
     operator::install_rbac(&cluster).await?;
     let controller_kubeconfig = operator::component_kubeconfig(&cluster, "controller").await?;
     let agent_kubeconfig = operator::component_kubeconfig(&cluster, "agent").await?;
-    let _controller = operator::start_controller(&cluster, &controller_kubeconfig, "local", &[])?;
+    let cni = Cni::install(&cluster, &["nno-cni-shim"]).await?;
+    let args = cni.controller_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _controller = operator::start_controller(&cluster, &controller_kubeconfig, "local", &args)?;
 
     let gateway = [("nno.dev/gateway-network", "true")];
     let mut nodes = vec![
@@ -59,7 +66,14 @@ async fn main() -> anyhow::Result<()> {
         println!("applied {} {}/{name}", file.display(), gvk.kind);
     }
 
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "network/gateway",
+        "--timeout=60s",
+    ])?;
+    let (_router, _client, _outside) = gateway_demo(&cluster, &cni, &nodes[0], &nodes[1]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     println!();
     println!(
         "{}",
@@ -73,4 +87,74 @@ async fn main() -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     println!("stopping");
     Ok(())
+}
+
+/// The sample gateway network at work: the router pod on `b` NATs for the client pod
+/// on `a`, whose ping to a host outside the cluster arrives from `b`.
+async fn gateway_demo(
+    cluster: &Cluster,
+    cni: &Cni,
+    a: &SimNode,
+    b: &SimNode,
+) -> anyhow::Result<(Pod, Pod, Outside)> {
+    let router = Pod::create(cluster, cni, b, "default", "router", Some("gateway-router")).await?;
+    router.add_ok().await?;
+    router.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    router.exec(
+        "iptables",
+        &["-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE"],
+    )?;
+    let subnet = format!("{}/24", cni.pod_subnet(b));
+    b.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    b.exec(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &subnet,
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ],
+    )?;
+    let outside = Outside::create(cluster)?;
+    let (a_ip, b_ip) = (a.address.to_string(), b.address.to_string());
+    outside.count_from(&a_ip)?;
+    outside.count_from(&b_ip)?;
+
+    let client = Pod::create(cluster, cni, a, "default", "client", Some("gateway")).await?;
+    client.add_ok().await?;
+    println!();
+    println!(
+        "gateway demo: pod default/client on {} has {} on net1; pod default/router on {} has {}",
+        a.name,
+        client.ipv4("net1")?,
+        b.name,
+        router.ipv4("net1")?
+    );
+    let ping = client.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", &outside.address])?;
+    println!(
+        "{}",
+        ping.lines()
+            .filter(|l| l.contains("packets") || l.contains("rtt"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    println!(
+        "the outside host {} received {} packets from {} (the router's node) and {} from {} (the client's node)",
+        outside.address,
+        outside.received_from(&b_ip)?,
+        b.name,
+        outside.received_from(&a_ip)?,
+        a.name
+    );
+    println!(
+        "  ip netns exec {} ip route       # the client's routes",
+        client.netns
+    );
+    Ok((router, client, outside))
 }

@@ -1,0 +1,94 @@
+//! A host outside the cluster: a network namespace on the underlay (198.18.N.250)
+//! that counts the ICMP packets it receives per source address. The gateway tests
+//! and nno-local use it as "the internet" a router pod sends its clients' traffic to.
+
+use std::process::Command;
+
+use crate::cluster::Cluster;
+use crate::underlay::ip;
+
+/// A host outside the cluster on the underlay, counting the ICMP it receives per
+/// source address. Removed on drop.
+pub struct Outside {
+    pub netns: String,
+    veth: String,
+    pub address: String,
+}
+
+impl Outside {
+    pub fn create(cluster: &Cluster) -> anyhow::Result<Self> {
+        let slot = cluster.underlay.bridge.trim_start_matches("nno-ul").to_string();
+        let netns = format!("nno{slot}-outside");
+        let veth = format!("nno{slot}out");
+        let address = cluster.underlay.addr(250).to_string();
+        ip(&["netns", "add", &netns])?;
+        let outside = Self {
+            netns: netns.clone(),
+            veth: veth.clone(),
+            address: address.clone(),
+        };
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ])?;
+        ip(&["link", "set", &veth, "master", &cluster.underlay.bridge, "up"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        Ok(outside)
+    }
+
+    /// Starts counting ICMP packets from `source`.
+    pub fn count_from(&self, source: &str) -> anyhow::Result<()> {
+        run_in(
+            &self.netns,
+            "iptables",
+            &["-A", "INPUT", "-p", "icmp", "-s", source, "-j", "ACCEPT"],
+        )?;
+        Ok(())
+    }
+
+    /// ICMP packets received from `source` since [`Outside::count_from`].
+    pub fn received_from(&self, source: &str) -> anyhow::Result<u64> {
+        let out = self.counters()?;
+        Ok(out
+            .lines()
+            .find(|l| l.split_whitespace().any(|w| w == source))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The counting rules, as `iptables -L -v` prints them.
+    pub fn counters(&self) -> anyhow::Result<String> {
+        run_in(&self.netns, "iptables", &["-L", "INPUT", "-v", "-x", "-n"])
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", "dev", &self.veth]);
+        let _ = ip(&["netns", "del", &self.netns]);
+    }
+}
+
+/// Runs `program` in network namespace `netns`; its stdout, or its stderr as error.
+pub fn run_in(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, program])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{program} {} in {netns}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
