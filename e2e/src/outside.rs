@@ -92,3 +92,37 @@ pub fn run_in(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<Strin
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// What makes `router` (a pod on `node`) a gateway to the outside: it forwards and
+/// masquerades its clients' traffic out of its eth0 (the router's own business, as a
+/// VPN client or firewall pod would), and `node` forwards and masquerades its pods'
+/// traffic onto the underlay, as a cluster's primary CNI does.
+pub fn route_out_through(
+    router: &crate::pod::Pod,
+    node: &crate::node::SimNode,
+    cni: &crate::pod::Cni,
+) -> anyhow::Result<()> {
+    router.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    router.exec(
+        "iptables",
+        &["-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE"],
+    )?;
+    let subnet = format!("{}/24", cni.pod_subnet(node));
+    node.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    node.exec(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &subnet,
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ],
+    )?;
+    Ok(())
+}

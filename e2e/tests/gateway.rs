@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, PostParams};
 use nno::api::Network;
 use nno_e2e::node::SimNode;
-use nno_e2e::outside::Outside;
+use nno_e2e::outside::{self, Outside};
 use nno_e2e::pod::{Cni, Pod};
 use nno_e2e::process::Process;
 use nno_e2e::{Cluster, eventually, operator, samples};
@@ -61,6 +61,39 @@ fn sample(file: &str) -> Network {
         .find(|(path, _)| path.ends_with(file))
         .unwrap_or_else(|| panic!("no sample {file}"));
     serde_json::from_value(doc).unwrap()
+}
+
+/// A Network on the nodes labelled gw=true whose VXLAN carrier is `device`, which
+/// the test creates (or not): until it exists the bridge is not Ready.
+fn waiting_for_carrier(name: &str, vni: u32, device: &str) -> Network {
+    serde_json::from_value(json!({
+        "apiVersion": "nno.dev/v1alpha1", "kind": "Network", "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"gw": "true"}},
+            "bridge": {"name": format!("br-{name}")},
+            "vxlan": {"vni": vni, "group": format!("239.1.1.{}", vni % 256), "device": device},
+            "mtu": 1400,
+            "ipam": {"range": "192.168.50.0/24"},
+            "attachments": {"namespaces": ["default"], "router": {"address": "192.168.50.1"}}
+        }
+    }))
+    .unwrap()
+}
+
+/// Creates `net` and waits for the controller to write its router NAD.
+async fn create_and_wait_for_nads(p: &Product, net: &Network) {
+    let networks: Api<Network> = Api::all(p.cluster.client());
+    networks.create(&PostParams::default(), net).await.unwrap();
+    let router = format!("{}-router", kube::ResourceExt::name_any(net));
+    let nads = Api::<nno::multus::NetworkAttachmentDefinition>::namespaced(p.cluster.client(), "default");
+    eventually("NADs written", WAIT, || async {
+        nads.get_opt(&router)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .ok_or("not yet".to_string())
+    })
+    .await;
 }
 
 /// The networks annotation of a pod in samples/gateway-network/pods.yaml.
@@ -120,32 +153,7 @@ async fn client_traffic_leaves_through_a_router_pod_on_another_node() {
     .unwrap();
     router.add_ok().await.unwrap();
     assert_eq!(router.ipv4("net1").unwrap().to_string(), "192.168.50.1");
-    router.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
-    router
-        .exec(
-            "iptables",
-            &["-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE"],
-        )
-        .unwrap();
-    // node-b forwards and masquerades its pods' traffic, as a cluster's primary CNI does.
-    let subnet = format!("{}/24", p.cni.pod_subnet(&b));
-    b.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
-    b.exec(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            &subnet,
-            "-o",
-            "eth0",
-            "-j",
-            "MASQUERADE",
-        ],
-    )
-    .unwrap();
+    outside::route_out_through(&router, &b, &p.cni).unwrap();
 
     let outside = Outside::create(&p.cluster).unwrap();
     let (a_ip, b_ip) = (a.address.to_string(), b.address.to_string());
@@ -221,30 +229,9 @@ async fn client_traffic_leaves_through_a_router_pod_on_another_node() {
 async fn the_shim_holds_an_attachment_until_the_bridge_is_ready() {
     let p = product(&["--shim-timeout=20"]).await;
     let a = node(&p, "node-a", 1, &[("gw", "true")]).await;
-    let networks: Api<Network> = Api::all(p.cluster.client());
     // The VXLAN's carrier does not exist yet, so the bridge is not Ready on node-a.
-    let net: Network = serde_json::from_value(json!({
-        "apiVersion": "nno.dev/v1alpha1", "kind": "Network", "metadata": {"name": "late"},
-        "spec": {
-            "nodeSelector": {"matchLabels": {"gw": "true"}},
-            "bridge": {"name": "br-late"},
-            "vxlan": {"vni": 77, "group": "239.1.1.77", "device": "carrier0"},
-            "mtu": 1400,
-            "ipam": {"range": "192.168.50.0/24"},
-            "attachments": {"namespaces": ["default"], "router": {"address": "192.168.50.1"}}
-        }
-    }))
-    .unwrap();
-    networks.create(&PostParams::default(), &net).await.unwrap();
-    let nad = Api::<nno::multus::NetworkAttachmentDefinition>::namespaced(p.cluster.client(), "default");
-    eventually("NADs written", WAIT, || async {
-        nad.get_opt("late-router")
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|_| ())
-            .ok_or("not yet".to_string())
-    })
-    .await;
+    let net = waiting_for_carrier("late", 77, "carrier0");
+    create_and_wait_for_nads(&p, &net).await;
 
     let pod = Pod::create(&p.cluster, &p.cni, &a, "default", "waits", Some("late-router"))
         .await
@@ -300,29 +287,8 @@ async fn the_shim_holds_an_attachment_until_the_bridge_is_ready() {
 async fn the_shim_refuses_naming_node_bridge_and_reason() {
     let p = product(&["--shim-timeout=2"]).await;
     let a = node(&p, "node-a", 1, &[("gw", "true")]).await;
-    let networks: Api<Network> = Api::all(p.cluster.client());
-    let net: Network = serde_json::from_value(json!({
-        "apiVersion": "nno.dev/v1alpha1", "kind": "Network", "metadata": {"name": "never"},
-        "spec": {
-            "nodeSelector": {"matchLabels": {"gw": "true"}},
-            "bridge": {"name": "br-never"},
-            "vxlan": {"vni": 78, "group": "239.1.1.78", "device": "nowhere0"},
-            "mtu": 1400,
-            "ipam": {"range": "192.168.50.0/24"},
-            "attachments": {"namespaces": ["default"], "router": {"address": "192.168.50.1"}}
-        }
-    }))
-    .unwrap();
-    networks.create(&PostParams::default(), &net).await.unwrap();
-    let nad = Api::<nno::multus::NetworkAttachmentDefinition>::namespaced(p.cluster.client(), "default");
-    eventually("NADs written", WAIT, || async {
-        nad.get_opt("never-router")
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|_| ())
-            .ok_or("not yet".to_string())
-    })
-    .await;
+    let net = waiting_for_carrier("never", 78, "nowhere0");
+    create_and_wait_for_nads(&p, &net).await;
 
     let pod = Pod::create(&p.cluster, &p.cni, &a, "default", "refused", Some("never-router"))
         .await

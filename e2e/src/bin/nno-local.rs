@@ -11,7 +11,7 @@ use std::time::Duration;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use nno_e2e::node::SimNode;
-use nno_e2e::outside::Outside;
+use nno_e2e::outside::{self, Outside};
 use nno_e2e::pod::{Cni, Pod};
 use nno_e2e::{Cluster, operator, samples};
 
@@ -99,28 +99,7 @@ async fn gateway_demo(
 ) -> anyhow::Result<(Pod, Pod, Outside)> {
     let router = Pod::create(cluster, cni, b, "default", "router", Some("gateway-router")).await?;
     router.add_ok().await?;
-    router.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-    router.exec(
-        "iptables",
-        &["-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE"],
-    )?;
-    let subnet = format!("{}/24", cni.pod_subnet(b));
-    b.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-    b.exec(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            &subnet,
-            "-o",
-            "eth0",
-            "-j",
-            "MASQUERADE",
-        ],
-    )?;
+    outside::route_out_through(&router, b, cni)?;
     let outside = Outside::create(cluster)?;
     let (a_ip, b_ip) = (a.address.to_string(), b.address.to_string());
     outside.count_from(&a_ip)?;
