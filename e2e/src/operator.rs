@@ -136,6 +136,9 @@ pub fn start_controller(
         .arg(format!("--lease-namespace={NAMESPACE}"))
         .arg(format!("--identity={identity}"))
         .args(extra)
-        .env("RUST_LOG", "info,kube=warn");
+        .env(
+            "RUST_LOG",
+            std::env::var("NNO_E2E_CONTROLLER_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+        );
     Process::spawn(&format!("controller-{identity}"), cmd, cluster.dir())
 }

@@ -75,6 +75,14 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if std::thread::panicking() && !self.name.starts_with("etcd") && !self.name.starts_with("kube-") {
+            eprintln!(
+                "--- {} ({}) ---\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(60)
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -12,7 +12,7 @@ use kube::runtime::reflector::{self, Store};
 use std::time::Duration;
 
 use kube::runtime::utils::Backoff;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -38,11 +38,18 @@ where
 {
     let (reader, writer) = reflector::store();
     let driver = async move {
-        let mut events = std::pin::pin!(reflector::reflector(writer, watcher(api, config)).touched_objects());
+        let mut events = std::pin::pin!(reflector::reflector(writer, watcher(api, config)));
         let mut backoff = WatchBackoff::default();
         while let Some(event) = events.next().await {
             match event {
-                Ok(_) => {
+                Ok(watcher::Event::Init) => debug!(kind = K::kind(&()).as_ref(), "listing"),
+                Ok(watcher::Event::InitApply(_)) => {}
+                Ok(watcher::Event::InitDone) => {
+                    debug!(kind = K::kind(&()).as_ref(), "listed");
+                    backoff.reset();
+                    changed.send_replace(());
+                }
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
                     backoff.reset();
                     changed.send_replace(());
                 }
@@ -62,6 +69,7 @@ where
                 }
             }
         }
+        warn!(kind = K::kind(&()).as_ref(), "watch stream ended");
     };
     (reader, driver)
 }
@@ -105,6 +113,22 @@ impl Backoff for WatchBackoff {
         self.next = BACKOFF_MIN;
     }
 }
+
+/// Whether `store` has its first complete list, without waiting.
+///
+/// `Store::wait_until_ready` keeps the waker of only one waiting task (a oneshot
+/// channel underneath): with several waiters, such as concurrent reconciles, the
+/// others are never woken. Checking without registering a waker avoids that.
+pub fn is_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some()
+}
+
+/// How often [`is_ready`] callers look again.
+pub const READY_POLL: Duration = Duration::from_millis(20);
 
 /// A stream that yields each time `changed` fires.
 pub fn triggers(rx: watch::Receiver<()>) -> impl futures::Stream<Item = ()> + Send {

@@ -32,7 +32,7 @@ use super::metrics::{Metrics, OpLabel, StateLabel};
 use super::{MANAGER, report};
 use crate::api::node_state::NodeNetworkStateStatus;
 use crate::api::{Link, Network, NodeNetworkState};
-use crate::cache::{NNO_CRDS, OnError, cache, check_listable};
+use crate::cache::{NNO_CRDS, OnError, READY_POLL, cache, check_listable, is_ready};
 use crate::controller::status::differs;
 use crate::netlink::{Applied, DesiredLink, Engine, LinkState};
 use crate::readiness::{self, Readiness};
@@ -225,16 +225,13 @@ impl Agent {
         // Nothing is decided before every cache has its first complete list: an empty
         // cache would read as "nothing wanted" and delete the node's links.
         info!("waiting for the first lists of Nodes, Networks, Links and NodeNetworkStates");
-        let (a, b, c, d) = tokio::join!(
-            self.nodes.wait_until_ready(),
-            self.networks.wait_until_ready(),
-            self.links.wait_until_ready(),
-            self.states.wait_until_ready()
-        );
-        a.and(b)
-            .and(c)
-            .and(d)
-            .context("a cache stopped before its first list")?;
+        while !(is_ready(&self.nodes)
+            && is_ready(&self.networks)
+            && is_ready(&self.links)
+            && is_ready(&self.states))
+        {
+            tokio::time::sleep(READY_POLL).await;
+        }
         let (node, info) = loop {
             if let Some(found) = self.node_info() {
                 break found;

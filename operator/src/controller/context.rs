@@ -18,6 +18,7 @@ use super::metrics::Metrics;
 use super::nad;
 use crate::api::node_state::{NodeNetworkStateStatus, Owner};
 use crate::api::{Link, Network, NodeNetworkState};
+use crate::cache::{READY_POLL, is_ready};
 use crate::model::claims::{self, Claim, Conflict};
 
 pub struct Context {
@@ -73,13 +74,14 @@ impl Context {
     /// would see nodes, namespaces or other Networks missing: wrong statuses, wrong
     /// conflicts, NADs deleted from namespaces not listed yet.
     pub async fn caches_ready(&self) {
-        let _ = tokio::join!(
-            self.networks.wait_until_ready(),
-            self.links.wait_until_ready(),
-            self.nodes.wait_until_ready(),
-            self.states.wait_until_ready(),
-            self.namespaces.wait_until_ready(),
-        );
+        while !(is_ready(&self.networks)
+            && is_ready(&self.links)
+            && is_ready(&self.nodes)
+            && is_ready(&self.states)
+            && is_ready(&self.namespaces))
+        {
+            tokio::time::sleep(READY_POLL).await;
+        }
     }
 
     /// Names of the nodes `selector` selects.
