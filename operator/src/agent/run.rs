@@ -25,7 +25,7 @@ use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{error, info, instrument, warn};
+use tracing::{Instrument, error, info, info_span, instrument, warn};
 
 use super::desired::{self, Inputs, NodeInfo};
 use super::metrics::{Metrics, OpLabel, StateLabel};
@@ -73,12 +73,13 @@ pub async fn run(client: kube::Client, args: Args) -> anyhow::Result<()> {
         }
     };
     let server = telemetry::serve(args.metrics_addr, Arc::new(registry), health.clone(), stopped()).await?;
-    let server = tokio::spawn(server);
+    let server = tokio::spawn(server.instrument(info_span!("health", addr = %args.metrics_addr)));
     let readiness = Readiness::new(args.node_name.clone());
     let socket = readiness::Server::bind(&args.socket)
         .with_context(|| format!("serving readiness on {}", args.socket.display()))?;
     info!(socket = %args.socket.display(), "serving bridge readiness");
-    let socket = tokio::spawn(socket.run(readiness.clone(), stopped()));
+    let span = info_span!("readiness", socket = %args.socket.display());
+    let socket = tokio::spawn(socket.run(readiness.clone(), stopped()).instrument(span));
 
     let agent = Agent::start(client, args.node_name.clone(), metrics, readiness, health);
     let outcome = tokio::select! {
@@ -144,9 +145,13 @@ impl Agent {
             tx,
             on_error,
         );
-        tokio::spawn(async move {
-            tokio::join!(a, b, c, d);
-        });
+        let span = info_span!("caches", node = %node);
+        tokio::spawn(
+            async move {
+                tokio::join!(a, b, c, d);
+            }
+            .instrument(span),
+        );
         Self {
             client,
             node,
@@ -257,7 +262,11 @@ impl Agent {
         );
         let (desired_tx, desired_rx) = watch::channel(links);
         let (applied_tx, mut applied_rx) = watch::channel(Applied::default());
-        tokio::spawn(engine.run(desired_rx, applied_tx));
+        tokio::spawn(
+            engine
+                .run(desired_rx, applied_tx)
+                .instrument(info_span!("engine", node = %self.node)),
+        );
 
         let mut writer = StatusWriter::new(self.client.clone(), &node, self.own_state());
         loop {

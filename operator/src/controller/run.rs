@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use super::context::Context;
 use super::metrics::{ErrorLabel, Metrics};
@@ -76,7 +76,7 @@ pub async fn run(client: kube::Client, args: Args) -> anyhow::Result<()> {
         }
     };
     let server = telemetry::serve(args.metrics_addr, Arc::new(registry), ready.clone(), stopped).await?;
-    let server = tokio::spawn(server);
+    let server = tokio::spawn(server.instrument(info_span!("health", addr = %args.metrics_addr)));
 
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
