@@ -48,3 +48,24 @@ where
         }
     }
 }
+
+/// Waits until Network `name` has condition `type_` with status `status`; its message.
+pub async fn network_condition(
+    networks: &kube::Api<nno::api::Network>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    timeout: std::time::Duration,
+) -> String {
+    eventually(&format!("Network {name} {type_}={status}"), timeout, || async {
+        let net = networks.get(name).await.map_err(|e| e.to_string())?;
+        let conditions = net.status.map(|s| s.conditions).unwrap_or_default();
+        let c = nno::api::common::find_condition(&conditions, type_).ok_or("no such condition yet")?;
+        if c.status == status {
+            Ok(c.message.clone())
+        } else {
+            Err(format!("{}: {}", c.status, c.message))
+        }
+    })
+    .await
+}

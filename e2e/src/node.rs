@@ -182,6 +182,39 @@ impl SimNode {
         out.split(':').next()?.trim().parse().ok()
     }
 
+    /// Adds a carrier interface `name` (one end of a veth pair, both up) with the host
+    /// address `address`, e.g. for a VXLAN waiting for its `device`.
+    pub fn add_carrier(&self, name: &str, address: std::net::IpAddr) -> anyhow::Result<()> {
+        let peer = format!("{name}p");
+        self.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer])?;
+        let prefix = if address.is_ipv4() { 32 } else { 128 };
+        self.ip(&[
+            "addr",
+            "add",
+            &format!("{address}/{prefix}"),
+            "dev",
+            name,
+            "nodad",
+        ])?;
+        self.ip(&["link", "set", &peer, "up"])?;
+        self.ip(&["link", "set", name, "up"])?;
+        Ok(())
+    }
+
+    /// Polls the kernel (every 2 ms) until `iface` is up and enslaved to `bridge`; the
+    /// moment it saw that.
+    pub async fn enslaved_and_up(&self, iface: &str, bridge: &str) -> std::time::Instant {
+        loop {
+            let done = self.link(iface).is_some_and(|l| {
+                l["master"] == bridge && l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"))
+            });
+            if done {
+                return std::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// `ip -d -j link show dev NAME` as JSON.
     pub fn link(&self, name: &str) -> Option<serde_json::Value> {
         let out = self.ip(&["-d", "-j", "link", "show", "dev", name]).ok()?;

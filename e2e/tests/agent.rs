@@ -67,6 +67,26 @@ fn ready(status: &Value, names: &[&str]) -> bool {
         .all(|n| iface(status, n).is_some_and(|i| i["ready"] == true))
 }
 
+/// node-a with its agent, and Network gw (multicast VXLAN `vni`) Ready on it.
+async fn node_with_network(cluster: &Cluster, kubeconfig: &std::path::Path, vni: u32) -> SimNode {
+    let mut a = SimNode::create(cluster, "node-a", 1, 1500, &[("gw", "true")])
+        .await
+        .unwrap();
+    a.start_agent(kubeconfig).unwrap();
+    let networks: Api<Network> = Api::all(cluster.client());
+    let net = network(
+        "gw",
+        json!({"vni": vni, "group": format!("239.1.1.{}", vni % 256)}),
+    );
+    networks.create(&PostParams::default(), &net).await.unwrap();
+    let vxlan = format!("vxlan{vni}");
+    state_where(cluster, "node-a", "links Ready", |s| {
+        ready(s, &["br-gw", vxlan.as_str()])
+    })
+    .await;
+    a
+}
+
 #[tokio::test]
 async fn network_builds_links_reports_ready_and_follows_changes() {
     let (cluster, kubeconfig) = setup().await;
@@ -256,22 +276,7 @@ async fn nodes_peer_automatically_and_carry_unicast_vxlan_traffic() {
 #[tokio::test]
 async fn api_server_outage_touches_no_link_and_state_converges_after() {
     let (mut cluster, kubeconfig) = setup().await;
-    let mut a = SimNode::create(&cluster, "node-a", 1, 1500, &[("gw", "true")])
-        .await
-        .unwrap();
-    a.start_agent(&kubeconfig).unwrap();
-    let networks: Api<Network> = Api::all(cluster.client());
-    networks
-        .create(
-            &PostParams::default(),
-            &network("gw", json!({"vni": 300, "group": "239.1.1.3"})),
-        )
-        .await
-        .unwrap();
-    state_where(&cluster, "node-a", "links Ready", |s| {
-        ready(s, &["br-gw", "vxlan300"])
-    })
-    .await;
+    let a = node_with_network(&cluster, &kubeconfig, 300).await;
     let indexes = (a.ifindex("br-gw"), a.ifindex("vxlan300"));
     let writes = a.agent_metric("nno_agent_netlink_writes_total").await.unwrap();
 
@@ -369,31 +374,14 @@ async fn readiness_long_poll_returns_as_the_bridge_becomes_ready() {
     );
 
     // The carrier appears; watch the kernel for the moment the VXLAN is up in the bridge.
-    let veth = a.address.to_string().replace("198.18.", "198.19.");
-    a.ip(&[
-        "link",
-        "add",
-        "carrier0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "carrier0p",
-    ])
-    .unwrap();
-    a.ip(&["addr", "add", &format!("{veth}/32"), "dev", "carrier0"])
+    let carrier: std::net::IpAddr = a
+        .address
+        .to_string()
+        .replacen("198.18.", "198.19.", 1)
+        .parse()
         .unwrap();
-    a.ip(&["link", "set", "carrier0p", "up"]).unwrap();
-    a.ip(&["link", "set", "carrier0", "up"]).unwrap();
-    let ready_at = loop {
-        let up = a.link("vxlan400").is_some_and(|l| {
-            l["master"] == "br-gw" && l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"))
-        });
-        if up {
-            break Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
+    a.add_carrier("carrier0", carrier).unwrap();
+    let ready_at = a.enslaved_and_up("vxlan400", "br-gw").await;
     let (returned_at, answer) = tokio::time::timeout(WAIT, poll).await.unwrap().unwrap();
     let answer = answer.unwrap();
     assert_eq!(answer["ready"], true, "{answer}");
@@ -408,22 +396,7 @@ async fn readiness_long_poll_returns_as_the_bridge_becomes_ready() {
 #[tokio::test]
 async fn agent_restart_makes_no_netlink_or_api_writes_and_no_link_flaps() {
     let (cluster, kubeconfig) = setup().await;
-    let mut a = SimNode::create(&cluster, "node-a", 1, 1500, &[("gw", "true")])
-        .await
-        .unwrap();
-    a.start_agent(&kubeconfig).unwrap();
-    let networks: Api<Network> = Api::all(cluster.client());
-    networks
-        .create(
-            &PostParams::default(),
-            &network("gw", json!({"vni": 500, "group": "239.1.1.5"})),
-        )
-        .await
-        .unwrap();
-    state_where(&cluster, "node-a", "links Ready", |s| {
-        ready(s, &["br-gw", "vxlan500"])
-    })
-    .await;
+    let mut a = node_with_network(&cluster, &kubeconfig, 500).await;
     // Let the report settle, then remember everything a restart could disturb.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let states: Api<NodeNetworkState> = Api::all(cluster.client());

@@ -12,7 +12,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use nno::api::common::find_condition;
 use nno::api::{LinkKind, Network};
 use nno::multus::NetworkAttachmentDefinition;
-use nno_e2e::{Cluster, eventually, fake, operator};
+use nno_e2e::{Cluster, eventually, fake, network_condition, operator};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -312,20 +312,7 @@ async fn the_newer_of_two_networks_claiming_one_bridge_gets_a_conflict() {
     );
     networks.create(&PostParams::default(), &second).await.unwrap();
 
-    let message = eventually("Conflict condition", WAIT, || async {
-        let net = networks.get("second").await.map_err(|e| e.to_string())?;
-        let c = net
-            .status
-            .as_ref()
-            .and_then(|s| find_condition(&s.conditions, "Conflict"))
-            .ok_or("no condition")?;
-        if c.status == "True" {
-            Ok(c.message.clone())
-        } else {
-            Err(c.message.clone())
-        }
-    })
-    .await;
+    let message = network_condition(&networks, "second", "Conflict", "True", WAIT).await;
     assert!(
         message.contains("interface br-gw")
             && message.contains("older Network first")
@@ -356,20 +343,7 @@ async fn the_newer_of_two_networks_claiming_one_bridge_gets_a_conflict() {
     // Once the older one goes, the newer one takes the bridge.
     networks.delete("first", &DeleteParams::default()).await.unwrap();
     fake::report(&cluster, "node-a", vec![]).await.unwrap();
-    eventually("no more conflict", WAIT, || async {
-        let net = networks.get("second").await.map_err(|e| e.to_string())?;
-        let c = net
-            .status
-            .as_ref()
-            .and_then(|s| find_condition(&s.conditions, "Conflict"))
-            .ok_or("no condition")?;
-        if c.status == "False" {
-            Ok(())
-        } else {
-            Err(c.message.clone())
-        }
-    })
-    .await;
+    network_condition(&networks, "second", "Conflict", "False", WAIT).await;
 }
 
 #[tokio::test]

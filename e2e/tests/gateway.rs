@@ -247,28 +247,9 @@ async fn the_shim_holds_an_attachment_until_the_bridge_is_ready() {
             "the bridge plugin must not run while the bridge is not Ready"
         );
         assert!(!pod.has_interface("net1"));
-        a.ip(&[
-            "link",
-            "add",
-            "carrier0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "carrier0p",
-        ])
-        .unwrap();
-        a.ip(&["addr", "add", "198.19.254.1/32", "dev", "carrier0"])
+        a.add_carrier("carrier0", "198.19.254.1".parse().unwrap())
             .unwrap();
-        a.ip(&["link", "set", "carrier0p", "up"]).unwrap();
-        a.ip(&["link", "set", "carrier0", "up"]).unwrap();
-        loop {
-            let up = a.link("vxlan77").is_some_and(|l| l["master"] == "br-late");
-            if up {
-                break Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        a.enslaved_and_up("vxlan77", "br-late").await
     });
     let added_at = Instant::now();
     let out = added.unwrap();

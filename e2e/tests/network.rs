@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use nno::api::Network;
-use nno::api::common::find_condition;
 use nno::multus::NetworkAttachmentDefinition;
 use nno_e2e::node::SimNode;
 use nno_e2e::process::Process;
-use nno_e2e::{Cluster, eventually, operator};
+use nno_e2e::{Cluster, eventually, network_condition, operator};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -159,20 +158,7 @@ async fn a_conflicting_network_changes_nothing_on_the_nodes() {
     second.spec.attachments.name = Some("second".into());
     second.spec.attachments.router = None;
     networks.create(&PostParams::default(), &second).await.unwrap();
-    let message = eventually("Conflict condition", WAIT, || async {
-        let n = networks.get("second").await.map_err(|e| e.to_string())?;
-        let c = n
-            .status
-            .as_ref()
-            .and_then(|s| find_condition(&s.conditions, "Conflict"))
-            .ok_or("no condition")?;
-        if c.status == "True" {
-            Ok(c.message.clone())
-        } else {
-            Err(c.message.clone())
-        }
-    })
-    .await;
+    let message = network_condition(&networks, "second", "Conflict", "True", WAIT).await;
     assert!(message.contains("older Network first"), "{message}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
