@@ -1,5 +1,7 @@
 # Shared helpers for the hack/ scripts. Source it; do not run it.
 # shellcheck shell=bash
+# The pinned versions are used by the scripts that source this file.
+# shellcheck disable=SC2034
 
 # Where built tools live between runs. Outside the repository so that a clean clone
 # (CI) and every worktree share one cache.

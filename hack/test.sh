@@ -18,8 +18,12 @@ command -v cargo >/dev/null || die "cargo is required (Rust 1.90 or newer, e.g. 
 start=$SECONDS
 step "Debian packages" "$here/deps.sh"
 step "pinned tools (hack/tools.sh)" "$here/tools.sh"
+step "image root filesystems (hack/images.sh)" "$here/images.sh"
+step "shellcheck hack/" shellcheck hack/*.sh .ci/run
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build (the tests run the binaries)" cargo build --workspace --bins --locked
+step "cargo build --release (the operator image of the real nodes)" \
+  cargo build --release --locked -p node-network-operator -p nno-cni-shim
 step "cargo test" cargo test --workspace --locked "$@"
 log "all tests passed in $((SECONDS - start))s"

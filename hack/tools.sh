@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned third-party tools the tests and the local cluster need, from the
-# Go module proxy, into $NNO_CACHE/bin (default ~/.cache/node-network-operator/bin).
+# Go module proxy, into $NNO_CACHE/bin (default ~/.cache/node-network-operator/bin):
+# the Kubernetes control plane, kubelet and kube-proxy, etcd, the CNI plugins, multus,
+# whereabouts and helm.
 # Each tool is built once per version and reused afterwards.
 #
 #   hack/tools.sh            build everything missing
@@ -25,7 +27,7 @@ gomod() {
 }
 
 build_kubernetes() {
-  local tools=(kube-apiserver kube-controller-manager kubectl) t missing=0
+  local tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy) t missing=0
   for t in "${tools[@]}"; do built "$t" "$KUBE_VERSION" || missing=1; done
   [ $missing = 1 ] || { log "kubernetes $KUBE_VERSION: cached"; return; }
 
@@ -40,9 +42,9 @@ build_kubernetes() {
   [ -f "$upstream_mod" ] || die "could not download k8s.io/kubernetes@$KUBE_VERSION"
   go mod edit -require "k8s.io/kubernetes@$KUBE_VERSION"
   local m
-  for m in $(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$upstream_mod"); do
+  while read -r m; do
     go mod edit -replace "$m=$m@$staging"
-  done
+  done < <(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$upstream_mod")
   for t in "${tools[@]}"; do go mod edit -tool "k8s.io/kubernetes/cmd/$t"; done
   step "resolve kubernetes $KUBE_VERSION modules" go mod tidy
 
@@ -105,13 +107,16 @@ build_go_tools() {
   done
 }
 
-# The reference CNI plugins the shim's tests chain behind nno-cni-shim. Named after
-# their CNI `type`, so that $NNO_BIN works as a CNI_PATH.
+# The reference CNI plugins: what the shim's tests chain behind nno-cni-shim, the NADs
+# use (bridge, static, tuning) and the real nodes' primary network runs (ptp,
+# host-local, portmap, loopback). Named after their CNI `type`, so that $NNO_BIN works
+# as a CNI_PATH.
 build_cni_plugins() {
   local p=github.com/containernetworking/plugins/plugins
   build_go_tools cni-plugins github.com/containernetworking/plugins "$CNI_PLUGINS_VERSION" \
-    "$p/main/bridge=bridge" "$p/main/loopback=loopback" \
-    "$p/ipam/host-local=host-local" "$p/ipam/static=static"
+    "$p/main/bridge=bridge" "$p/main/loopback=loopback" "$p/main/ptp=ptp" \
+    "$p/ipam/host-local=host-local" "$p/ipam/static=static" \
+    "$p/meta/portmap=portmap" "$p/meta/tuning=tuning"
 }
 
 build_multus() {

@@ -24,6 +24,29 @@ const STARTUP: Duration = Duration::from_secs(90);
 /// Field manager of everything the harness itself applies.
 pub const MANAGER: &str = "nno.dev/e2e";
 
+/// Pods of a cluster with real nodes: kube-controller-manager gives each node a /24
+/// of it (`Node.spec.podCIDR`). Inside 198.18.0.0/15; such clusters take their
+/// underlay from 198.18.0.0/16, so neither range ever overlaps their own underlay.
+pub const CLUSTER_CIDR: &str = "198.19.0.0/17";
+/// Service ClusterIPs of a cluster with real nodes; the first is `kubernetes`.
+pub const SERVICE_CIDR: &str = "198.19.128.0/20";
+/// The `kubernetes` Service's ClusterIP (in the API server's certificate).
+pub const KUBERNETES_SERVICE_IP: &str = "198.19.128.1";
+/// Service ClusterIPs of a cluster with simulated nodes: allocated from, never routed to.
+const SIM_SERVICE_CIDR: &str = "10.96.0.0/24";
+
+/// What kind of nodes a cluster is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nodes {
+    /// Namespace-nodes whose Node objects the tests write ([`crate::node::SimNode`]).
+    Simulated,
+    /// Real kubelets ([`crate::kubelet::KubeletNode`]): the control plane also runs
+    /// kube-scheduler, allocates pod CIDRs, runs the node lifecycle controller,
+    /// maintains the `kubernetes` Service's endpoints, authorizes kubelets with the
+    /// Node authorizer and NodeRestriction, and reaches them by InternalIP.
+    Real,
+}
+
 /// How a kubeconfig authenticates.
 pub enum Credentials<'a> {
     ClientCert(&'a CertPair),
@@ -42,18 +65,31 @@ pub struct Cluster {
     client: kube::Client,
     files: Files,
     restarts: u32,
+    nodes: Nodes,
 }
 
 impl Cluster {
-    /// Starts etcd, kube-apiserver and kube-controller-manager, waits until they serve,
-    /// and installs the operator's CRDs and the multus NetworkAttachmentDefinition CRD.
+    /// Starts etcd, kube-apiserver and kube-controller-manager for simulated nodes,
+    /// waits until they serve, and installs the operator's CRDs and the multus
+    /// NetworkAttachmentDefinition CRD.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_for(Nodes::Simulated).await
+    }
+
+    /// Like [`Cluster::start`], for `nodes`.
+    pub async fn start_for(nodes: Nodes) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let underlay = Underlay::allocate()?;
+        crate::kubelet::sweep_stale();
+        let underlay = match nodes {
+            Nodes::Simulated => Underlay::allocate()?,
+            Nodes::Real => Underlay::allocate_in(0..256)?,
+        };
         let dir = tempfile::Builder::new().prefix("nno-e2e-").tempdir()?;
+        // Whose cluster this is: the next start sweeps it if this process was killed.
+        std::fs::write(dir.path().join("owner"), std::process::id().to_string())?;
         let ip = underlay.host_addr();
         let ca = Ca::new("nno-e2e-ca")?;
-        let files = Files::write(dir.path(), &ca, ip.into())?;
+        let files = Files::write(dir.path(), &ca, ip.into(), nodes)?;
 
         let ip_s = ip.to_string();
         let etcd = Process::spawn("etcd", etcd_command(dir.path(), &ip_s), dir.path())?;
@@ -88,6 +124,7 @@ impl Cluster {
             client,
             files,
             restarts: 0,
+            nodes,
         };
         cluster.wait_ready().await?;
         cluster.processes.push(Process::spawn(
@@ -95,6 +132,22 @@ impl Cluster {
             controller_manager_command(&cluster.files, &kcm_kubeconfig),
             cluster.dir.path(),
         )?);
+        if nodes == Nodes::Real {
+            let scheduler = cluster.ca.client("system:kube-scheduler", &[])?;
+            let scheduler_kubeconfig = cluster.dir.path().join("kube-scheduler.kubeconfig");
+            write_kubeconfig(
+                &scheduler_kubeconfig,
+                &server,
+                &cluster.ca.cert_pem(),
+                Credentials::ClientCert(&scheduler),
+            )?;
+            cluster.processes.push(Process::spawn(
+                "kube-scheduler",
+                scheduler_command(&scheduler_kubeconfig),
+                cluster.dir.path(),
+            )?);
+            cluster.allow_apiserver_to_kubelets().await?;
+        }
         cluster.install_crds().await?;
         cluster.wait_controller_manager().await?;
         tracing::info!(server, elapsed = ?started.elapsed(), "test cluster ready");
@@ -122,6 +175,38 @@ impl Cluster {
         let apiserver = Process::spawn(&name, apiserver_command(&self.files, &ip), self.dir.path())?;
         self.processes.push(apiserver);
         self.wait_ready().await
+    }
+
+    /// The kind of nodes this cluster is for.
+    pub fn nodes(&self) -> Nodes {
+        self.nodes
+    }
+
+    /// The cluster CA (to sign node and component certificates).
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// The API server reaches kubelets (logs, exec, port-forward) with its client
+    /// certificate as user `kube-apiserver-kubelet-client`, which the kubelets
+    /// authorize through SubjectAccessReviews: bind it to the built-in
+    /// `system:kubelet-api-admin`, as kubeadm does.
+    async fn allow_apiserver_to_kubelets(&self) -> anyhow::Result<()> {
+        use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+        let api: Api<ClusterRoleBinding> = Api::all(self.client.clone());
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "nno-e2e:kube-apiserver-kubelet-client"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBELET_CLIENT_USER}],
+        });
+        api.patch(
+            "nno-e2e:kube-apiserver-kubelet-client",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&binding),
+        )
+        .await?;
+        Ok(())
     }
 
     /// A client with cluster-admin rights.
@@ -361,10 +446,21 @@ struct Files {
     serving_key: PathBuf,
     sa_key: PathBuf,
     sa_pub: PathBuf,
+    kubelet_client_cert: PathBuf,
+    kubelet_client_key: PathBuf,
+    nodes: Nodes,
 }
 
+/// The user the API server authenticates as to kubelets.
+const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
 impl Files {
-    fn write(dir: &Path, ca: &Ca, ip: IpAddr) -> anyhow::Result<Self> {
+    fn write(dir: &Path, ca: &Ca, ip: IpAddr, nodes: Nodes) -> anyhow::Result<Self> {
+        let mut ips = vec![ip, "127.0.0.1".parse()?];
+        if nodes == Nodes::Real {
+            // In-cluster clients dial the `kubernetes` Service's ClusterIP.
+            ips.push(KUBERNETES_SERVICE_IP.parse()?);
+        }
         let serving = ca.server(
             "kube-apiserver",
             &[
@@ -372,19 +468,26 @@ impl Files {
                 "kubernetes",
                 "kubernetes.default",
                 "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
             ],
-            &[ip, "127.0.0.1".parse()?],
+            &ips,
         )?;
+        let kubelet_client = ca.client(KUBELET_CLIENT_USER, &[])?;
         let files = Self {
             ca: dir.join("ca.crt"),
             serving_cert: dir.join("apiserver.crt"),
             serving_key: dir.join("apiserver.key"),
             sa_key: dir.join("sa.key"),
             sa_pub: dir.join("sa.pub"),
+            kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+            kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
+            nodes,
         };
         std::fs::write(&files.ca, ca.cert_pem())?;
         std::fs::write(&files.serving_cert, &serving.cert_pem)?;
         std::fs::write(&files.serving_key, &serving.key_pem)?;
+        std::fs::write(&files.kubelet_client_cert, &kubelet_client.cert_pem)?;
+        std::fs::write(&files.kubelet_client_key, &kubelet_client.key_pem)?;
         let (sa_key, sa_pub) = pki::key_pair_pem()?;
         std::fs::write(&files.sa_key, sa_key)?;
         std::fs::write(&files.sa_pub, sa_pub)?;
@@ -418,16 +521,48 @@ fn apiserver_command(files: &Files, ip: &str) -> Command {
         .arg(format!("--tls-private-key-file={}", files.serving_key.display()))
         .arg(format!("--client-ca-file={}", files.ca.display()))
         .arg("--authorization-mode=Node,RBAC")
+        .arg("--enable-admission-plugins=NodeRestriction")
+        // Logs, exec and port-forward dial the kubelet at its InternalIP: nothing
+        // resolves node names through the host's resolver.
+        .arg("--kubelet-preferred-address-types=InternalIP")
+        .arg(format!(
+            "--kubelet-client-certificate={}",
+            files.kubelet_client_cert.display()
+        ))
+        .arg(format!(
+            "--kubelet-client-key={}",
+            files.kubelet_client_key.display()
+        ))
         .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
         .arg(format!("--service-account-key-file={}", files.sa_pub.display()))
         .arg(format!(
             "--service-account-signing-key-file={}",
             files.sa_key.display()
         ))
-        // Allocated from, never routed to: nothing here sends traffic to services.
-        .arg("--service-cluster-ip-range=10.96.0.0/24")
-        .arg("--endpoint-reconciler-type=none")
+        .arg(match files.nodes {
+            Nodes::Simulated => format!("--service-cluster-ip-range={SIM_SERVICE_CIDR}"),
+            Nodes::Real => format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        })
+        // Real nodes' pods reach the API server through the `kubernetes` Service,
+        // whose endpoint the API server keeps; simulated nodes run no pods.
+        .arg(match files.nodes {
+            Nodes::Simulated => "--endpoint-reconciler-type=none",
+            Nodes::Real => "--endpoint-reconciler-type=lease",
+        })
         .arg("--enable-priority-and-fairness=false")
+        .arg("--profiling=false")
+        .arg("--v=0");
+    cmd
+}
+
+fn scheduler_command(kubeconfig: &Path) -> Command {
+    let mut cmd = Command::new(tool("kube-scheduler"));
+    let kubeconfig = kubeconfig.display();
+    cmd.arg(format!("--kubeconfig={kubeconfig}"))
+        .arg(format!("--authentication-kubeconfig={kubeconfig}"))
+        .arg(format!("--authorization-kubeconfig={kubeconfig}"))
+        .arg("--leader-elect=false")
+        .arg("--secure-port=0")
         .arg("--profiling=false")
         .arg("--v=0");
     cmd
@@ -446,11 +581,20 @@ fn controller_manager_command(files: &Files, kubeconfig: &Path) -> Command {
         ))
         .arg(format!("--root-ca-file={}", files.ca.display()))
         .arg("--leader-elect=false")
+        .arg("--secure-port=0");
+    match files.nodes {
         // No kubelets heartbeat here: the simulated nodes' readiness is set by tests,
         // not by the node lifecycle controller evicting everything after five minutes.
-        .arg("--controllers=*,-node-lifecycle-controller")
-        .arg("--secure-port=0")
-        .arg("--profiling=false")
-        .arg("--v=0");
+        Nodes::Simulated => {
+            cmd.arg("--controllers=*,-node-lifecycle-controller");
+        }
+        Nodes::Real => {
+            cmd.arg("--allocate-node-cidrs=true")
+                .arg(format!("--cluster-cidr={CLUSTER_CIDR}"))
+                .arg("--node-cidr-mask-size=24")
+                .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"));
+        }
+    }
+    cmd.arg("--profiling=false").arg("--v=0");
     cmd
 }

@@ -7,6 +7,10 @@
 
 pub mod cluster;
 pub mod fake;
+pub mod image;
+pub mod kind;
+pub mod kubelet;
+pub mod local;
 pub mod node;
 pub mod operator;
 pub mod outside;
@@ -14,6 +18,8 @@ pub mod pki;
 pub mod pod;
 pub mod process;
 pub mod samples;
+pub mod scenarios;
+pub mod testbed;
 pub mod tools;
 pub mod underlay;
 
@@ -67,5 +73,30 @@ pub async fn network_condition(
             Err(format!("{}: {}", c.status, c.message))
         }
     })
+    .await
+}
+
+/// Waits until Network `name` has condition `type_` with reason `reason`; its message.
+pub async fn network_reason(
+    networks: &kube::Api<nno::api::Network>,
+    name: &str,
+    type_: &str,
+    reason: &str,
+    timeout: std::time::Duration,
+) -> String {
+    eventually(
+        &format!("Network {name} {type_} reason {reason}"),
+        timeout,
+        || async {
+            let net = networks.get(name).await.map_err(|e| e.to_string())?;
+            let conditions = net.status.map(|s| s.conditions).unwrap_or_default();
+            let c = nno::api::common::find_condition(&conditions, type_).ok_or("no such condition yet")?;
+            if c.reason == reason {
+                Ok(c.message.clone())
+            } else {
+                Err(format!("{}: {}", c.reason, c.message))
+            }
+        },
+    )
     .await
 }

@@ -33,35 +33,25 @@ pub const NODE_RUN_DIR: &str = "/run/nno-e2e";
 /// controller with `--shim-socket=/run/nno-e2e/agent.sock` so that the NADs name it.
 pub const SHIM_SOCKET: &str = "/run/nno-e2e/agent.sock";
 
-pub struct SimNode {
+/// A node's network: a network namespace with `eth0` on the cluster's underlay
+/// bridge (198.18.N.(10+index)/24 and 2001:db8:N::(10+index)/64), `lo` up and a route
+/// for multicast VXLAN groups. Removed on drop. Both node kinds stand on one
+/// ([`SimNode`], [`crate::kubelet::KubeletNode`]).
+pub struct NodeNet {
     pub name: String,
-    /// The `index` given to [`SimNode::create`] (1..=200).
+    /// The `index` given to [`NodeNet::create`] (1..=200).
     pub index: u8,
     pub netns: String,
     pub address: Ipv4Addr,
     /// IPv6 underlay address (documentation prefix), for IPv6 VXLAN underlays.
     pub address6: std::net::Ipv6Addr,
-    /// This node's own run directory on the host, seen at [`NODE_RUN_DIR`] by the CNI
-    /// plugins running on the node.
-    pub run_dir: PathBuf,
-    /// The agent's readiness socket, as a host path (`<run_dir>/agent.sock`).
-    pub socket: PathBuf,
     host_veth: String,
-    log_dir: PathBuf,
-    agent: Option<Process>,
-    starts: u32,
 }
 
-impl SimNode {
-    /// Creates node `name` (the `index`-th of the cluster, 1..=200) with carrier MTU
-    /// `mtu` and these labels.
-    pub async fn create(
-        cluster: &Cluster,
-        name: &str,
-        index: u8,
-        mtu: u32,
-        labels: &[(&str, &str)],
-    ) -> anyhow::Result<Self> {
+impl NodeNet {
+    /// The network of node `name` (the `index`-th of the cluster, 1..=200) with
+    /// carrier MTU `mtu`.
+    pub fn create(cluster: &Cluster, name: &str, index: u8, mtu: u32) -> anyhow::Result<Self> {
         assert!((1..=200).contains(&index), "node index 1..=200");
         let slot = cluster.underlay.bridge.trim_start_matches("nno-ul");
         let netns = format!("nno{slot}-{name}");
@@ -79,21 +69,14 @@ impl SimNode {
         );
         let host_veth = format!("nno{slot}n{index}");
         let mtu_s = mtu.to_string();
-        let run_dir = cluster.dir().join(format!("node-{name}")).join("run");
-        std::fs::create_dir_all(&run_dir)?;
         ip(&["netns", "add", &netns])?;
-        let node = Self {
+        let net = Self {
             name: name.to_string(),
             index,
             netns: netns.clone(),
             address,
             address6,
-            socket: run_dir.join("agent.sock"),
-            run_dir,
             host_veth: host_veth.clone(),
-            log_dir: cluster.dir().to_path_buf(),
-            agent: None,
-            starts: 0,
         };
         ip(&[
             "link", "add", &host_veth, "mtu", &mtu_s, "type", "veth", "peer", "name", "eth0", "netns",
@@ -107,48 +90,13 @@ impl SimNode {
             &cluster.underlay.bridge,
             "up",
         ])?;
-        node.ip(&["link", "set", "lo", "up"])?;
-        node.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
-        node.ip(&["addr", "add", &format!("{address6}/64"), "dev", "eth0", "nodad"])?;
-        node.ip(&["link", "set", "eth0", "up"])?;
+        net.ip(&["link", "set", "lo", "up"])?;
+        net.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        net.ip(&["addr", "add", &format!("{address6}/64"), "dev", "eth0", "nodad"])?;
+        net.ip(&["link", "set", "eth0", "up"])?;
         // Multicast VXLAN groups route over the underlay; nothing else leaves it.
-        node.ip(&["route", "add", "224.0.0.0/4", "dev", "eth0"])?;
-        node.register(cluster, labels).await?;
-        Ok(node)
-    }
-
-    /// Creates or relabels the Node object, Ready, with this node's InternalIP.
-    pub async fn register(&self, cluster: &Cluster, labels: &[(&str, &str)]) -> anyhow::Result<()> {
-        let api: Api<Node> = Api::all(cluster.client());
-        let mut all: serde_json::Map<String, serde_json::Value> =
-            labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-        all.insert("kubernetes.io/hostname".into(), json!(self.name));
-        all.insert("kubernetes.io/os".into(), json!("linux"));
-        let body =
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": all}});
-        let params = PatchParams::apply(KUBELET).force();
-        api.patch(&self.name, &params, &Patch::Apply(&body)).await?;
-        let now = jiff::Timestamp::now().to_string();
-        let status = json!({"apiVersion": "v1", "kind": "Node", "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": self.address.to_string()},
-                {"type": "InternalIP", "address": self.address6.to_string()},
-                {"type": "Hostname", "address": self.name},
-            ],
-            "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "lastHeartbeatTime": now, "lastTransitionTime": now}],
-        }});
-        // A merge patch: server-side apply refuses two InternalIP entries (the list is
-        // keyed by type), though dual-stack nodes have them.
-        api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&status))
-            .await?;
-        Ok(())
-    }
-
-    /// Deletes the Node object (the namespace stays until drop).
-    pub async fn deregister(&self, cluster: &Cluster) -> anyhow::Result<()> {
-        let api: Api<Node> = Api::all(cluster.client());
-        api.delete(&self.name, &DeleteParams::default()).await?;
-        Ok(())
+        net.ip(&["route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+        Ok(net)
     }
 
     /// Runs `ip` inside the node.
@@ -158,7 +106,7 @@ impl SimNode {
         ip(&full)
     }
 
-    /// Runs a command inside the node; fails with its stderr.
+    /// Runs a command inside the node's network namespace; fails with its output.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.netns, program])
@@ -220,6 +168,93 @@ impl SimNode {
         let out = self.ip(&["-d", "-j", "link", "show", "dev", name]).ok()?;
         let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
         list.into_iter().next()
+    }
+}
+
+impl Drop for NodeNet {
+    fn drop(&mut self) {
+        // The kernel tears a namespace down asynchronously: delete the veth pair now so
+        // its name is free at once, then the namespace (and whatever is left in it).
+        let _ = ip(&["link", "del", "dev", &self.host_veth]);
+        let _ = ip(&["netns", "del", &self.netns]);
+    }
+}
+
+pub struct SimNode {
+    pub net: NodeNet,
+    /// This node's own run directory on the host, seen at [`NODE_RUN_DIR`] by the CNI
+    /// plugins running on the node.
+    pub run_dir: PathBuf,
+    /// The agent's readiness socket, as a host path (`<run_dir>/agent.sock`).
+    pub socket: PathBuf,
+    log_dir: PathBuf,
+    agent: Option<Process>,
+    starts: u32,
+}
+
+impl std::ops::Deref for SimNode {
+    type Target = NodeNet;
+    fn deref(&self) -> &NodeNet {
+        &self.net
+    }
+}
+
+impl SimNode {
+    /// Creates node `name` (the `index`-th of the cluster, 1..=200) with carrier MTU
+    /// `mtu` and these labels.
+    pub async fn create(
+        cluster: &Cluster,
+        name: &str,
+        index: u8,
+        mtu: u32,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let run_dir = cluster.dir().join(format!("node-{name}")).join("run");
+        std::fs::create_dir_all(&run_dir)?;
+        let node = Self {
+            net: NodeNet::create(cluster, name, index, mtu)?,
+            socket: run_dir.join("agent.sock"),
+            run_dir,
+            log_dir: cluster.dir().to_path_buf(),
+            agent: None,
+            starts: 0,
+        };
+        node.register(cluster, labels).await?;
+        Ok(node)
+    }
+
+    /// Creates or relabels the Node object, Ready, with this node's InternalIP.
+    pub async fn register(&self, cluster: &Cluster, labels: &[(&str, &str)]) -> anyhow::Result<()> {
+        let api: Api<Node> = Api::all(cluster.client());
+        let mut all: serde_json::Map<String, serde_json::Value> =
+            labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        all.insert("kubernetes.io/hostname".into(), json!(self.name));
+        all.insert("kubernetes.io/os".into(), json!("linux"));
+        let body =
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": all}});
+        let params = PatchParams::apply(KUBELET).force();
+        api.patch(&self.name, &params, &Patch::Apply(&body)).await?;
+        let now = jiff::Timestamp::now().to_string();
+        let status = json!({"apiVersion": "v1", "kind": "Node", "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": self.address.to_string()},
+                {"type": "InternalIP", "address": self.address6.to_string()},
+                {"type": "Hostname", "address": self.name},
+            ],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        }});
+        // A merge patch: server-side apply refuses two InternalIP entries (the list is
+        // keyed by type), though dual-stack nodes have them.
+        api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the Node object (the namespace stays until drop).
+    pub async fn deregister(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        let api: Api<Node> = Api::all(cluster.client());
+        api.delete(&self.name, &DeleteParams::default()).await?;
+        Ok(())
     }
 
     /// Starts the real agent inside the node with `kubeconfig`.
@@ -316,9 +351,5 @@ impl Drop for SimNode {
             eprintln!("--- agent on {} ---\n{}", self.name, self.agent_log());
         }
         self.stop_agent();
-        // The kernel tears a namespace down asynchronously: delete the veth pair now so
-        // its name is free at once, then the namespace (and whatever is left in it).
-        let _ = ip(&["link", "del", "dev", &self.host_veth]);
-        let _ = ip(&["netns", "del", &self.netns]);
     }
 }

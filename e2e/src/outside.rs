@@ -56,12 +56,7 @@ impl Outside {
 
     /// ICMP packets received from `source` since [`Outside::count_from`].
     pub fn received_from(&self, source: &str) -> anyhow::Result<u64> {
-        let out = self.counters()?;
-        Ok(out
-            .lines()
-            .find(|l| l.split_whitespace().any(|w| w == source))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0))
+        Ok(count_in(&self.counters()?, source))
     }
 
     /// The counting rules, as `iptables -L -v` prints them.
@@ -75,6 +70,16 @@ impl Drop for Outside {
         let _ = ip(&["link", "del", "dev", &self.veth]);
         let _ = ip(&["netns", "del", &self.netns]);
     }
+}
+
+/// The packet count of the rule for `source` in `iptables -L -v -x -n` output (0 when
+/// there is none).
+pub fn count_in(counters: &str, source: &str) -> u64 {
+    counters
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == source))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs `program` in network namespace `netns`; its stdout, or its stderr as error.

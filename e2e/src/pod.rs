@@ -99,6 +99,7 @@ pub const PLUGINS: &[&str] = &[
     "static",
     "loopback",
     "whereabouts",
+    "tuning",
 ];
 /// Where whereabouts keeps its IPPools, OverlappingRangeIPReservations and leader
 /// Lease: the namespace of its kubeconfig's context (kube-system is also its default).
@@ -361,7 +362,7 @@ fn pod_subnet(index: u8, underlay_in_pod_space: Option<u8>) -> Ipv4Addr {
 /// Installs the whereabouts CRDs (from the pinned module, copied by `hack/tools.sh`),
 /// a ServiceAccount in [`WHEREABOUTS_NAMESPACE`] with only what the IPAM plugin calls,
 /// and a kubeconfig for it whose context names that namespace. Returns its path.
-async fn install_whereabouts(cluster: &Cluster) -> anyhow::Result<PathBuf> {
+pub async fn install_whereabouts(cluster: &Cluster) -> anyhow::Result<PathBuf> {
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client());
     let params = PatchParams::apply(MANAGER).force();
     let mut names = Vec::new();
@@ -702,9 +703,21 @@ impl Pod {
         self.invoke("ADD").await
     }
 
-    /// CNI ADD, which must succeed; the CNI result.
+    /// CNI ADD, which must succeed; the CNI result. Like a kubelet, it tries again
+    /// (up to three times) when multus could not read the Pod in time: multus v4.2.3
+    /// gives each GET 250 ms and stops at the first that times out, which a loaded
+    /// test machine's API server can exceed. Nothing is attached before that read.
     pub async fn add_ok(&self) -> anyhow::Result<Value> {
-        self.add().await?.ok()
+        for attempt in 1.. {
+            let out = self.add().await?;
+            let transient = !out.success() && out.stdout.contains("error waiting for pod");
+            if transient && attempt < 3 {
+                eprintln!("{}: multus timed out reading the Pod; trying again", out.what);
+                continue;
+            }
+            return out.ok();
+        }
+        unreachable!("the loop returns")
     }
 
     /// CNI DEL.

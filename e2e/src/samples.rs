@@ -8,10 +8,28 @@ pub fn dir() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
-/// Every YAML document under samples/ with its file, in a stable order.
+/// The examples under docs/examples/: objects to adapt before they work anywhere.
+pub fn examples_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// Every YAML document under samples/ (the default set, all green on the local
+/// cluster) with its file, in a stable order.
 pub fn documents() -> anyhow::Result<Vec<(PathBuf, serde_json::Value)>> {
+    documents_in(&[dir()])
+}
+
+/// The samples and the examples under docs/examples/.
+pub fn all_documents() -> anyhow::Result<Vec<(PathBuf, serde_json::Value)>> {
+    documents_in(&[dir(), examples_dir()])
+}
+
+fn documents_in(dirs: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, serde_json::Value)>> {
     let mut files = Vec::new();
-    collect(&dir(), &mut files)?;
+    for dir in dirs {
+        collect(dir, &mut files)?;
+    }
     files.sort();
     let mut docs = Vec::new();
     for file in files {

@@ -36,7 +36,13 @@ pub struct Underlay {
 
 impl Underlay {
     pub fn allocate() -> anyhow::Result<Self> {
+        Self::allocate_in(0..SLOTS)
+    }
+
+    /// Allocates a slot in `slots` (0..256 is 198.18.0.0/16, 256..512 198.19.0.0/16).
+    pub fn allocate_in(slots: std::ops::Range<u16>) -> anyhow::Result<Self> {
         crate::require_root();
+        assert!(slots.end <= SLOTS && !slots.is_empty(), "slots within 0..{SLOTS}");
         sweep_stale();
         // Spread allocations so that a slot just freed (whose namespaces the kernel
         // may still be tearing down) is not the next one taken.
@@ -46,9 +52,10 @@ impl Underlay {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let seed = std::process::id() ^ nanos ^ NEXT.fetch_add(97, std::sync::atomic::Ordering::Relaxed);
-        let start = (seed % SLOTS as u32) as u16;
-        for i in 0..SLOTS {
-            let slot = (start + i) % SLOTS;
+        let count = slots.end - slots.start;
+        let start = (seed % count as u32) as u16;
+        for i in 0..count {
+            let slot = slots.start + (start + i) % count;
             let bridge = format!("{PREFIX}{slot}");
             if ip(&["link", "add", "name", &bridge, "type", "bridge"]).is_err() {
                 continue; // taken
@@ -77,7 +84,7 @@ impl Underlay {
             ip(&["link", "set", "dev", &underlay.bridge, "up"])?;
             return Ok(underlay);
         }
-        anyhow::bail!("no free underlay slot in 198.18.0.0/15 ({SLOTS} bridges {PREFIX}* exist)")
+        anyhow::bail!("no free underlay slot in {slots:?} of 198.18.0.0/15 (bridges {PREFIX}* exist)")
     }
 
     /// Address `.host` of this underlay's /24. `.1` is the host (API server) side.
@@ -98,8 +105,31 @@ impl Drop for Underlay {
     }
 }
 
-/// Deletes underlay bridges whose creating process is gone.
+/// Deletes underlay bridges whose creating process is gone, and the network
+/// namespaces (`nno<slot>-*`) of slots whose bridge is gone: a namespace is created
+/// only after its slot's bridge and deleted before it.
 fn sweep_stale() {
+    sweep_stale_bridges();
+    let Ok(out) = ip(&["netns", "list"]) else {
+        return;
+    };
+    let bridges = ip(&["-o", "link", "show", "type", "bridge"]).unwrap_or_default();
+    for netns in out.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(slot) = netns
+            .strip_prefix("nno")
+            .and_then(|rest| rest.split_once('-'))
+            .map(|(slot, _)| slot)
+            .filter(|slot| slot.parse::<u16>().is_ok())
+        else {
+            continue;
+        };
+        if !bridges.contains(&format!(": {PREFIX}{slot}: ")) {
+            let _ = ip(&["netns", "del", netns]);
+        }
+    }
+}
+
+fn sweep_stale_bridges() {
     let Ok(out) = ip(&["-o", "link", "show", "type", "bridge"]) else {
         return;
     };

@@ -480,3 +480,55 @@ async fn an_ipv6_underlay_peers_and_carries_traffic() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_deleted_node_state_comes_back_and_a_name_wanted_twice_is_reported_once() {
+    let (cluster, kubeconfig) = setup().await;
+    let a = node_with_network(&cluster, &kubeconfig, 91).await;
+    let states: Api<NodeNetworkState> = Api::all(cluster.client());
+
+    // Deleted by hand: written again at once, not at the node's next change.
+    states.delete("node-a", &Default::default()).await.unwrap();
+    let deleted = Instant::now();
+    state_where(&cluster, "node-a", "NodeNetworkState written again", |s| {
+        ready(s, &["br-gw", "vxlan91"])
+    })
+    .await;
+    println!(
+        "NodeNetworkState written again {:?} after it was deleted",
+        deleted.elapsed()
+    );
+    assert!(deleted.elapsed() < Duration::from_secs(5));
+
+    // A newer unmanaged Link wanting the Network's bridge name: it loses the claim;
+    // the node reports the interface once, for the Network, and keeps reporting.
+    let links: Api<nno::api::Link> = Api::all(cluster.client());
+    let link: nno::api::Link = serde_json::from_value(json!({
+        "apiVersion": "nno.dev/v1alpha1", "kind": "Link", "metadata": {"name": "br-gw-port"},
+        "spec": {"interfaceName": "br-gw", "unmanaged": {}}
+    }))
+    .unwrap();
+    links.create(&PostParams::default(), &link).await.unwrap();
+    let networks: Api<Network> = Api::all(cluster.client());
+    networks
+        .patch(
+            "gw",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"mtu": 1400}})),
+        )
+        .await
+        .unwrap();
+    let status = state_where(&cluster, "node-a", "the MTU change reported", |s| {
+        iface(s, "br-gw").is_some_and(|i| i["mtu"] == 1400)
+    })
+    .await;
+    let entries: Vec<&Value> = status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["name"] == "br-gw")
+        .collect();
+    assert_eq!(entries.len(), 1, "{status}");
+    assert_eq!(entries[0]["owner"]["kind"], "Network");
+    assert!(!a.agent_log().contains("duplicate entries"), "{}", a.agent_log());
+}

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn samples_are_accepted_and_read_back_unchanged() {
     let cluster = Cluster::start().await.unwrap();
-    let docs = samples::documents().unwrap();
+    let docs = samples::all_documents().unwrap();
     let mut checked = 0;
     for (file, doc) in docs {
         let kind = doc["kind"].as_str().unwrap_or_default().to_string();
@@ -463,6 +463,8 @@ async fn status_goes_through_the_subresource_and_shows_in_kubectl() {
         desired_nodes: 3,
         ready_nodes: 2,
         nodes: Some("2/3".into()),
+        established_mtu: None,
+        gateway_excludes: vec![],
         mtu: Some(1450),
         attachment_definitions: vec!["default/shown".into(), "default/shown-router".into()],
         not_ready_nodes: vec![NodeProblem {

@@ -12,7 +12,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use nno::api::common::find_condition;
 use nno::api::{LinkKind, Network};
 use nno::multus::NetworkAttachmentDefinition;
-use nno_e2e::{Cluster, eventually, fake, network_condition, operator};
+use nno_e2e::{Cluster, eventually, fake, network_condition, network_reason, operator};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -169,11 +169,62 @@ async fn nads_follow_the_network_and_the_derived_mtu() {
         8950
     );
 
-    // A node with a smaller carrier joins: the MTU drops to 1450 everywhere, with an event.
+    // A node with a smaller carrier joins: the pods keep their MTU (established at
+    // 8950 when the Network was Ready everywhere); node-c is not Ready and the
+    // Network says why and how to change it.
+    assert_eq!(
+        networks.get("gw").await.unwrap().status.unwrap().established_mtu,
+        Some(8950)
+    );
     fake::node(&cluster, "node-c", &[("nno.dev/gw", "true")])
         .await
         .unwrap();
     report(&cluster, "node-c", "gw", "br-gw", "vxlan100", 1, 1500).await;
+    let message = network_reason(&networks, "gw", "Ready", "MtuTooLarge", WAIT).await;
+    assert!(message.contains("MTU 8950 is kept"), "{message}");
+    assert!(
+        message.contains("node-c") && message.contains("at most 1450"),
+        "{message}"
+    );
+    assert!(message.contains("set spec.mtu (at most 1450)"), "{message}");
+    for ns in ["default", "apps", "selected", "later"] {
+        assert_eq!(
+            nad_mtu(&cluster, ns, "gw").await.unwrap(),
+            8950,
+            "{ns} keeps 8950"
+        );
+    }
+    assert_eq!(networks.get("gw").await.unwrap().status.unwrap().mtu, Some(8950));
+
+    // spec.mtu larger than a carrier can carry: refused with a condition naming the node.
+    let patch = json!({"spec": {"mtu": 9000}});
+    networks
+        .patch("gw", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let message = eventually("MtuTooLarge for spec.mtu", WAIT, || async {
+        let net = networks.get("gw").await.map_err(|e| e.to_string())?;
+        let c = find_condition(&net.status.unwrap_or_default().conditions, "Ready")
+            .cloned()
+            .ok_or("no Ready condition")?;
+        if c.reason == "MtuTooLarge" && c.message.starts_with("spec.mtu 9000") {
+            Ok(c.message)
+        } else {
+            Err(format!("{}: {}", c.reason, c.message))
+        }
+    })
+    .await;
+    assert!(
+        message.contains("node-c") && message.contains("at most 1450"),
+        "{message}"
+    );
+
+    // The user lowers it on purpose: 1450 everywhere, with an event.
+    let patch = json!({"spec": {"mtu": 1450}});
+    networks
+        .patch("gw", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     for ns in ["default", "apps", "selected", "later"] {
         eventually("lowered MTU", WAIT, || async {
             match nad_mtu(&cluster, ns, "gw").await? {
@@ -194,32 +245,31 @@ async fn nads_follow_the_network_and_the_derived_mtu() {
             "jsonpath={.items[*].message}",
         ])
         .unwrap();
-    assert!(
-        events.contains("lowered from 8950 to 1450") && events.contains("node-c"),
-        "{events}"
-    );
-    assert_eq!(networks.get("gw").await.unwrap().status.unwrap().mtu, Some(1450));
+    // (spec.mtu 9000 had been written for the nodes that can carry it.)
+    assert!(events.contains("lowered from 9000 to 1450"), "{events}");
 
-    // spec.mtu larger than a carrier can carry: refused with a condition naming the node.
-    let patch = json!({"spec": {"mtu": 9000}});
+    // The router runs in apps: its NAD is there alone, gone from everywhere else.
+    let patch =
+        json!({"spec": {"attachments": {"router": {"address": "192.168.50.1", "namespace": "apps"}}}});
     networks
         .patch("gw", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let (s, r) = eventually("MtuTooLarge", WAIT, || async {
-        match ready(&networks, "gw").await? {
-            (s, r) if r == "MtuTooLarge" => Ok((s, r)),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
-    assert_eq!((s.as_str(), r.as_str()), ("False", "MtuTooLarge"));
-    let net = networks.get("gw").await.unwrap();
-    let message = find_condition(&net.status.unwrap().conditions, "Ready")
-        .unwrap()
-        .message
-        .clone();
-    assert!(message.contains("node-c (at most 1450)"), "{message}");
+    for ns in ["default", "selected", "later"] {
+        eventually("router NAD removed", WAIT, || async {
+            match nad_mtu(&cluster, ns, "gw-router").await {
+                Err(e) if e.starts_with("no NAD") => Ok(()),
+                other => Err(format!("{ns}: {other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(
+            nad_mtu(&cluster, ns, "gw").await.unwrap(),
+            1450,
+            "{ns} keeps the client NAD"
+        );
+    }
+    assert_eq!(nad_mtu(&cluster, "apps", "gw-router").await.unwrap(), 1450);
 }
 
 #[tokio::test]

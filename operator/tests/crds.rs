@@ -43,3 +43,16 @@ fn crds_are_cluster_scoped_with_a_status_subresource() {
         );
     }
 }
+
+#[test]
+fn only_formats_the_api_server_knows() {
+    let yaml = nno::api::crds_yaml().unwrap();
+    for line in yaml.lines().filter(|l| l.trim_start().starts_with("format:")) {
+        let format = line.trim_start().trim_start_matches("format:").trim();
+        assert!(
+            ["int32", "int64", "date-time", "byte", "double", "float"].contains(&format),
+            "the API server warns about format {format:?} on every apply"
+        );
+    }
+    assert!(yaml.contains("maximum: 65535"), "bounds stay");
+}

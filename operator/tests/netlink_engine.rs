@@ -741,3 +741,63 @@ async fn multicast_group_and_remote_change_in_place() {
     assert_eq!(ns.ifindex("vx0"), Some(index), "all in place");
     assert_eq!(pass(&mut engine, &desired).await.1, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_bridge_gets_its_pod_ports_back() {
+    let ns = Netns::new("ports");
+    ns.veth("under0", "under0p", &["198.18.0.1/24"]);
+    let (desired, mut states, _writes) = spawn_run(&ns, gateway("under0"));
+    wait_ready(&mut states, 2).await;
+    // Two pods' ports, enslaved by someone else (the bridge CNI plugin).
+    for (host, peer) in [("vethpod1", "eth-pod1"), ("vethpod2", "eth-pod2")] {
+        ns.veth(host, peer, &[]);
+        ns.ip(&["link", "set", host, "master", "br-gw"]);
+    }
+    let ports_attached = |ns: &Netns| {
+        ["vethpod1", "vethpod2", "vx-gw"]
+            .iter()
+            .all(|p| ns.link(p).is_some_and(|l| l["master"] == "br-gw" && is_up(&l)))
+    };
+    tokio::task::block_in_place(|| time_until(Instant::now(), "ports seen", || ports_attached(&ns)));
+    // Let the engine observe the ports (their joining is a cue).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let before = ns.ifindex("br-gw");
+    let start = Instant::now();
+    ns.ip(&["link", "del", "br-gw"]);
+    let took = tokio::task::block_in_place(|| {
+        time_until(start, "bridge and its ports back", || {
+            ns.ifindex("br-gw").is_some_and(|i| Some(i) != before) && ports_attached(&ns)
+        })
+    });
+    println!(
+        "bridge deleted: back with both pod ports in {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(took < Duration::from_secs(1));
+    wait_ready(&mut states, 2).await;
+
+    // A port detached by hand is attached again.
+    let start = Instant::now();
+    ns.ip(&["link", "set", "vethpod1", "nomaster"]);
+    let took = tokio::task::block_in_place(|| time_until(start, "port back", || ports_attached(&ns)));
+    println!("port detached: back in {:.1} ms", took.as_secs_f64() * 1e3);
+
+    // A port moved to another bridge on purpose, or gone, is left alone.
+    ns.ip(&["link", "add", "br-other", "type", "bridge"]);
+    ns.ip(&["link", "set", "vethpod2", "master", "br-other"]);
+    ns.ip(&["link", "del", "vethpod1"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ns.link("vethpod2").unwrap()["master"], "br-other");
+
+    // Once the bridge is no longer desired, its former ports are not touched.
+    ns.ip(&["link", "set", "vethpod2", "master", "br-gw"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    desired.send(vec![]).unwrap();
+    tokio::task::block_in_place(|| {
+        time_until(Instant::now(), "bridge removed", || ns.link("br-gw").is_none())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let port = ns.link("vethpod2").expect("the pod's port is never deleted");
+    assert!(port.get("master").is_none(), "{port}");
+}

@@ -1,139 +1,130 @@
-//! `nno-local`: node-network-operator on its embedded default, a simulated
-//! multi-node cluster on this machine. A real control plane (etcd, kube-apiserver,
-//! kube-controller-manager) on a 198.18.0.0/15 underlay bridge; three nodes, each a
-//! network namespace with the real agent inside; the controller; the samples
-//! applied; and the gateway network at work: a client pod on node-a whose traffic
-//! leaves through a router pod on node-b, both attached by the real multus with the
-//! NADs the controller wrote. Runs until interrupted; everything is torn down on exit.
+//! `nno-local`: node-network-operator on its embedded default, a local cluster of
+//! real nodes. A control plane (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler) on a 198.18.0.0/16 underlay bridge; three nodes, each a network
+//! namespace running containerd, the kubelet and kube-proxy, with a primary pod
+//! network, multus and whereabouts; the chart installed with `helm install`; the
+//! samples applied with kubectl; and the gateway network at work: the sample client
+//! and router pods, placed by the scheduler on two nodes, the client's ping to a host
+//! outside the cluster leaving through the router's node. Runs until interrupted;
+//! everything is torn down on exit.
+//!
+//!   nno-local [--no-samples] [--no-chart] [--nodes N]
+//!
+//! `--nodes N` starts node-a, node-b, ... (N from 1 to 26; the first two carry the
+//! gateway label); without the chart there are no samples either.
 
 use std::time::Duration;
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
-use nno_e2e::node::SimNode;
-use nno_e2e::outside::{self, Outside};
-use nno_e2e::pod::{Cni, Pod};
-use nno_e2e::{Cluster, operator, samples};
+use nno_e2e::local::{LocalCluster, NodeSpec};
+use nno_e2e::scenarios::{self, NAMESPACE, RELEASE};
+use nno_e2e::testbed::{Testbed, kubectl};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cluster = Cluster::start().await?;
-    println!("control plane ready at {}", cluster.server());
-    operator::install_rbac(&cluster).await?;
-    let controller_kubeconfig = operator::component_kubeconfig(&cluster, "controller").await?;
-    let agent_kubeconfig = operator::component_kubeconfig(&cluster, "agent").await?;
-    let cni = Cni::install(&cluster, &["nno-cni-shim"]).await?;
-    let args = cni.controller_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _controller = operator::start_controller(&cluster, &controller_kubeconfig, "local", &args)?;
-
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let chart = !args.iter().any(|a| a == "--no-chart");
+    let samples = chart && !args.iter().any(|a| a == "--no-samples");
+    let count: usize = match args.iter().position(|a| a == "--nodes") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .filter(|n| (1..=26).contains(n))
+            .ok_or_else(|| anyhow::anyhow!("--nodes takes a number from 1 to 26"))?,
+        None => 3,
+    };
     let gateway = [("nno.dev/gateway-network", "true")];
-    let mut nodes = vec![
-        SimNode::create(&cluster, "node-a", 1, 1500, &gateway).await?,
-        SimNode::create(&cluster, "node-b", 2, 1500, &gateway).await?,
-        SimNode::create(&cluster, "node-c", 3, 9000, &[]).await?,
-    ];
-    for node in &mut nodes {
-        node.start_agent(&agent_kubeconfig)?;
+    let names: Vec<String> = (0..count)
+        .map(|i| format!("node-{}", char::from(b'a' + i as u8)))
+        .collect();
+    let specs: Vec<NodeSpec> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| NodeSpec {
+            name,
+            labels: if i < 2 { &gateway } else { &[] },
+        })
+        .collect();
+    println!("starting the control plane and {count} real nodes (containerd, kubelet, kube-proxy)");
+    let local = LocalCluster::start(&specs).await?;
+    println!("control plane at {}", local.cluster.server());
+    for node in &local.nodes {
         println!(
-            "node {} ({}) in network namespace {}, agent running",
-            node.name, node.address, node.netns
+            "node {} ({}, pods {}) in network namespace {}",
+            node.name,
+            node.address,
+            node.pod_cidr.map(|c| c.to_string()).unwrap_or_default(),
+            node.netns
+        );
+    }
+    let tb: &dyn Testbed = &local;
+    if chart {
+        println!(
+            "\n$ helm install {RELEASE} charts/node-network-operator --namespace {NAMESPACE} --create-namespace --wait"
+        );
+        scenarios::install_chart(tb, &[]).await?;
+        println!(
+            "{}",
+            kubectl(tb, &["get", "pods", "-n", NAMESPACE, "-o", "wide"])?
         );
     }
 
-    let client = cluster.client();
-    let params = PatchParams::apply("nno.dev/local").force();
-    for (file, doc) in samples::documents()? {
-        if doc["apiVersion"]
-            .as_str()
-            .is_none_or(|v| !v.starts_with("nno.dev/"))
-        {
-            continue; // e.g. the example pods: no kubelet runs them here
+    if samples {
+        for file in scenarios::sample_files()? {
+            println!("$ kubectl apply -f {}", file.display());
+            print!("{}", kubectl(tb, &["apply", "-f", &file.display().to_string()])?);
         }
-        let obj: DynamicObject = serde_json::from_value(doc.clone())?;
-        let types = obj
-            .types
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("{}: no kind", file.display()))?;
-        let gvk = GroupVersionKind::try_from(types)?;
-        let plural = format!("{}s", gvk.kind.to_lowercase());
-        let api: Api<DynamicObject> =
-            Api::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, &plural));
-        let name = obj.metadata.name.clone().unwrap_or_default();
-        api.patch(&name, &params, &Patch::Apply(&obj))
-            .await
-            .map_err(|e| anyhow::anyhow!("applying {} {}/{name}: {e}", file.display(), gvk.kind))?;
-        println!("applied {} {}/{name}", file.display(), gvk.kind);
+        println!("\nthe gateway network at work:");
+        scenarios::gateway_demo(tb).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!();
+        println!("{}", kubectl(tb, &["get", "networks,links", "-o", "wide"])?);
+        println!("{}", kubectl(tb, &["get", "pods", "-o", "wide"])?);
     }
-
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "network/gateway",
-        "--timeout=60s",
-    ])?;
-    let (_router, _client, _outside) = gateway_demo(&cluster, &cni, &nodes[0], &nodes[1]).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    println!();
+    print_cost(&local).await;
+    let node = &local.nodes[0];
+    println!("logs of every component: {}", local.cluster.dir().display());
+    println!("try it:");
+    println!("  export KUBECONFIG={}", local.cluster.kubeconfig().display());
+    println!("  kubectl get networks,nodenetworkstates,net-attach-def -A");
     println!(
-        "{}",
-        cluster.kubectl_ok(&["get", "networks,links,nodenetworkstates", "-o", "wide"])?
+        "  kubectl exec client -- ping -c 3 {}   # leaves through the router's node",
+        local.outside.address
     );
-    println!("logs of every component: {}", cluster.dir().display());
-    println!("  export KUBECONFIG={}", cluster.kubeconfig().display());
-    println!("  kubectl get networks,links,nodenetworkstates");
-    println!("  ip netns exec {} ip -d link show type bridge", nodes[0].netns);
+    println!("  kubectl apply -f your-network.yaml    # and pods annotated k8s.v1.cni.cncf.io/networks");
+    println!("  ip netns exec {} ip -d link show type bridge", node.netns);
     println!("press Ctrl-C to stop and remove everything");
     tokio::signal::ctrl_c().await?;
     println!("stopping");
     Ok(())
 }
 
-/// The sample gateway network at work: the router pod on `b` NATs for the client pod
-/// on `a`, whose ping to a host outside the cluster arrives from `b`.
-async fn gateway_demo(
-    cluster: &Cluster,
-    cni: &Cni,
-    a: &SimNode,
-    b: &SimNode,
-) -> anyhow::Result<(Pod, Pod, Outside)> {
-    let router = Pod::create(cluster, cni, b, "default", "router", Some("gateway-router")).await?;
-    router.add_ok().await?;
-    outside::route_out_through(&router, b, cni)?;
-    let outside = Outside::create(cluster)?;
-    let (a_ip, b_ip) = (a.address.to_string(), b.address.to_string());
-    outside.count_from(&a_ip)?;
-    outside.count_from(&b_ip)?;
-
-    let client = Pod::create(cluster, cni, a, "default", "client", Some("gateway")).await?;
-    client.add_ok().await?;
-    println!();
-    println!(
-        "gateway demo: pod default/client on {} has {} on net1; pod default/router on {} has {}",
-        a.name,
-        client.ipv4("net1")?,
-        b.name,
-        router.ipv4("net1")?
-    );
-    let ping = client.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", &outside.address])?;
-    println!(
-        "{}",
-        ping.lines()
-            .filter(|l| l.contains("packets") || l.contains("rtt"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    println!(
-        "the outside host {} received {} packets from {} (the router's node) and {} from {} (the client's node)",
-        outside.address,
-        outside.received_from(&b_ip)?,
-        b.name,
-        outside.received_from(&a_ip)?,
-        a.name
-    );
-    println!(
-        "  ip netns exec {} ip route       # the client's routes",
-        client.netns
-    );
-    Ok((router, client, outside))
+/// What each node costs, measured: resident memory by program, and CPU over 10 s
+/// of the cluster at rest.
+async fn print_cost(local: &LocalCluster) {
+    const WINDOW: Duration = Duration::from_secs(10);
+    let before: Vec<_> = local.nodes.iter().map(|n| n.usage()).collect();
+    tokio::time::sleep(WINDOW).await;
+    println!("what a node costs here (resident memory; CPU over {WINDOW:?} at rest):");
+    for (node, before) in local.nodes.iter().zip(before) {
+        let now = node.usage();
+        let cpu = (now.cpu_ns.saturating_sub(before.cpu_ns)) as f64 / WINDOW.as_nanos() as f64 * 100.0;
+        let programs: Vec<String> = now
+            .rss
+            .iter()
+            .map(|(name, (count, bytes))| {
+                let mib = *bytes as f64 / (1 << 20) as f64;
+                if *count > 1 {
+                    format!("{name} {count}x {mib:.0} MiB")
+                } else {
+                    format!("{name} {mib:.0} MiB")
+                }
+            })
+            .collect();
+        println!(
+            "  {}: {:.0} MiB, {cpu:.1} % of a core ({})",
+            node.name,
+            now.total_rss() as f64 / (1 << 20) as f64,
+            programs.join(", ")
+        );
+    }
 }

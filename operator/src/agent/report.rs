@@ -59,8 +59,13 @@ pub fn node_status(
     old: Option<&NodeNetworkStateStatus>,
 ) -> NodeNetworkStateStatus {
     let by_name: BTreeMap<&str, &LinkState> = engine.iter().map(|s| (s.name.as_str(), s)).collect();
+    // One entry per interface name, always (the list is keyed by name: a duplicate
+    // makes the API server refuse the whole status). Claims keep names unique; should
+    // two wants ever share one, the first is reported.
+    let mut seen = std::collections::HashSet::new();
     let interfaces: Vec<InterfaceState> = wants
         .iter()
+        .filter(|w| seen.insert(w.name.as_str()))
         .map(|w| interface_state(w, by_name.get(w.name.as_str()).copied()))
         .collect();
     let ready = interfaces.iter().filter(|i| i.ready).count();
@@ -212,6 +217,17 @@ mod tests {
         let empty = node_status(&[], &[], None);
         assert_eq!(find_condition(&empty.conditions, "Ready").unwrap().status, "True");
         assert_eq!(empty.ready_interfaces.as_deref(), Some("0/0"));
+    }
+
+    #[test]
+    fn one_entry_per_interface_name() {
+        let wants = [
+            want("eth0", LinkKind::Unmanaged, "eth0", None),
+            want("eth0", LinkKind::Bridge, "gw", None),
+        ];
+        let status = node_status(&wants, &[engine("eth0", true, "Ready")], None);
+        assert_eq!(status.interfaces.len(), 1);
+        assert_eq!(status.interfaces[0].owner.name, "eth0", "the first want");
     }
 
     #[test]

@@ -339,6 +339,11 @@ impl Agent {
             .links
             .get_or_create(&StateLabel { state: "not_ready" })
             .set(not_ready);
+        // Deleted (by hand, or collected): written again now, not at the next change.
+        if writer.object_ok && self.own_state().is_none() {
+            info!("NodeNetworkState is gone: writing it again");
+            writer.object_ok = false;
+        }
         if let Err(e) = writer.write(node, status).await {
             self.metrics
                 .api_errors
@@ -389,6 +394,8 @@ struct StatusWriter {
     /// The object exists with its owner reference to the Node.
     object_ok: bool,
     last: Option<NodeNetworkStateStatus>,
+    /// A status the API server refused as invalid: not sent again until it changes.
+    refused: Option<NodeNetworkStateStatus>,
     retry_at: Option<Instant>,
     backoff: Duration,
 }
@@ -403,6 +410,7 @@ impl StatusWriter {
             api: Api::all(client),
             object_ok,
             last: existing.and_then(|s| s.status.clone()),
+            refused: None,
             retry_at: None,
             backoff: Duration::from_millis(500),
         }
@@ -412,11 +420,28 @@ impl StatusWriter {
         if self.object_ok && self.last.as_ref().is_some_and(|last| !differs(last, &status)) {
             return Ok(());
         }
+        if self.refused.as_ref().is_some_and(|r| !differs(r, &status)) {
+            return Ok(()); // the same body would be refused again
+        }
         match self.try_write(node, &status).await {
             Ok(()) => {
                 self.last = Some(status);
+                self.refused = None;
                 self.retry_at = None;
                 self.backoff = Duration::from_millis(500);
+                Ok(())
+            }
+            // Invalid (422) or otherwise refused for what it says: retrying the same
+            // body cannot help. Logged with the body; sent again once it changes.
+            Err(kube::Error::Api(s)) if s.code == 400 || s.code == 422 => {
+                error!(
+                    node = %node.name_any(),
+                    reason = %s.message,
+                    status = %serde_json::to_string(&status).unwrap_or_default(),
+                    "the API server refused this NodeNetworkState status; it is not sent again until it changes"
+                );
+                self.refused = Some(status);
+                self.retry_at = None;
                 Ok(())
             }
             Err(e) => {

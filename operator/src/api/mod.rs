@@ -45,6 +45,9 @@ pub struct NodeProblem {
 /// A DNS-1123 subdomain: the names of Kubernetes objects.
 pub const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
+/// A DNS-1123 label: the names of namespaces.
+pub const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
 /// CEL rules of a single IP address field.
 fn ip_rules() -> serde_json::Value {
     serde_json::json!([{
@@ -70,6 +73,34 @@ fn unicast_list_rules() -> serde_json::Value {
 /// The CRDs, in the order they are installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![Network::crd(), Link::crd(), NodeNetworkState::crd()]
+        .into_iter()
+        .map(known_formats_only)
+        .collect()
+}
+
+/// Drops the `format`s schemars writes for unsigned integers (`uint8` ... `uint64`):
+/// the API server does not know them and warns about them on every apply of an
+/// object ("unrecognized format"). The bounds (`minimum`, `maximum`) stay.
+fn known_formats_only(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if map
+                    .get("format")
+                    .and_then(|f| f.as_str())
+                    .is_some_and(|f| f.starts_with("uint"))
+                {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+    strip(&mut value);
+    serde_json::from_value(value).expect("a CRD without formats deserializes")
 }
 
 /// The CRDs as one multi-document YAML stream: what `node-network-operator crds`

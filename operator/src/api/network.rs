@@ -68,6 +68,11 @@ pub const DEFAULT_LOCAL_MTU: u32 = 1500;
         "message": "the VXLAN interface name must differ from the bridge name"
     },
     {
+        "rule": "!has(self.gateway) || has(self.ipam.gateway)",
+        "fieldPath": ".gateway",
+        "message": "gateway routing needs ipam.gateway, the router address the routes point to"
+    },
+    {
         "rule": "!has(self.attachments.router) || !has(self.attachments.router.name) || !has(self.attachments.name) || self.attachments.router.name != self.attachments.name",
         "fieldPath": ".attachments.router.name",
         "message": "the router attachment needs a name of its own, different from attachments.name"
@@ -95,6 +100,14 @@ pub struct NetworkSpec {
 
     /// Address management for the pods, rendered as whereabouts IPAM.
     pub ipam: Ipam,
+
+    /// Gateway routing for the client pods: everything but the cluster's own networks
+    /// goes through the router (`ipam.gateway`). The client attachment gets the
+    /// complement of the excluded prefixes as routes via the gateway, so the pods'
+    /// default route (eth0) stays and the cluster keeps using it: Services, other
+    /// pods, the nodes. The prefixes in force are in `status.gatewayExcludes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Gateway>,
 
     /// Where the NetworkAttachmentDefinitions are written and what they are called.
     pub attachments: Attachments,
@@ -242,6 +255,29 @@ pub struct Ipam {
     pub routes: Vec<Route>,
 }
 
+/// What gateway routing keeps on the pods' eth0.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Gateway {
+    /// Prefixes that stay on eth0 besides the cluster's own (CIDRs; those of the other
+    /// address family than ipam.range are ignored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 49)),
+        extend("x-kubernetes-list-type" = "set", "x-kubernetes-validations" = [{
+            "rule": "self.all(x, isCIDR(x))", "message": "every exclude entry must be a CIDR such as 10.0.0.0/8"
+        }])
+    )]
+    pub exclude: Vec<String>,
+
+    /// Also keep the cluster's own networks on eth0, discovered and followed as they
+    /// change: the Service CIDRs (networking.k8s.io/v1 ServiceCIDR objects), the
+    /// nodes' pod CIDRs (`Node.spec.podCIDRs`) and the nodes' InternalIPs.
+    #[serde(default = "default_true")]
+    pub exclude_cluster: bool,
+}
+
 /// A route in the pods.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -269,7 +305,7 @@ pub struct Attachments {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 256),
-        inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")),
+        inner(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL)),
         extend("x-kubernetes-list-type" = "set")
     )]
     pub namespaces: Vec<String>,
@@ -302,6 +338,13 @@ pub struct RouterAttachment {
     /// client pool.
     #[schemars(length(max = 45), extend("x-kubernetes-validations" = super::ip_rules()))]
     pub address: String,
+
+    /// The namespace the router runs in: the router NetworkAttachmentDefinition is
+    /// written there alone, so no pod elsewhere can take the gateway address. Unset:
+    /// in every attachment namespace (any pod there can then attach as the router).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL))]
+    pub namespace: Option<String>,
 }
 
 /// Observed state, written by the controller.
@@ -333,9 +376,20 @@ pub struct NetworkStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
 
+    /// The derived MTU the Network was first Ready with on every selected node: its
+    /// pods use it, so it is kept when a node with a smaller carrier joins later (that
+    /// node is not Ready, with the reason). Unset while `spec.mtu` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub established_mtu: Option<u32>,
+
     /// NetworkAttachmentDefinitions written, as `namespace/name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachment_definitions: Vec<String>,
+
+    /// With `spec.gateway`: the prefixes kept on the client pods' eth0 (merged), the
+    /// client attachment routing the rest via the gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_excludes: Vec<String>,
 
     /// The first few selected nodes that are not Ready, with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

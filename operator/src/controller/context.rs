@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -29,6 +30,7 @@ pub struct Context {
     pub nodes: Store<Node>,
     pub states: Store<NodeNetworkState>,
     pub namespaces: Store<Namespace>,
+    pub service_cidrs: Store<ServiceCIDR>,
     pub settings: nad::Settings,
     /// How long a deleted Network waits for NotReady nodes to remove its links.
     pub cleanup_grace: Duration,
@@ -49,6 +51,7 @@ impl Context {
         nodes: Store<Node>,
         states: Store<NodeNetworkState>,
         namespaces: Store<Namespace>,
+        service_cidrs: Store<ServiceCIDR>,
         settings: nad::Settings,
         cleanup_grace: Duration,
         metrics: Metrics,
@@ -62,6 +65,7 @@ impl Context {
             nodes,
             states,
             namespaces,
+            service_cidrs,
             settings,
             cleanup_grace,
             metrics,
@@ -78,7 +82,8 @@ impl Context {
             && is_ready(&self.links)
             && is_ready(&self.nodes)
             && is_ready(&self.states)
-            && is_ready(&self.namespaces))
+            && is_ready(&self.namespaces)
+            && is_ready(&self.service_cidrs))
         {
             tokio::time::sleep(READY_POLL).await;
         }
@@ -92,6 +97,37 @@ impl Context {
             .filter(|n| selector.matches(n.labels()))
             .map(|n| n.name_any())
             .collect()
+    }
+
+    /// The cluster's own networks, which gateway routing keeps on the pods' eth0: the
+    /// Service CIDRs, every node's pod CIDRs and InternalIPs (as host prefixes).
+    pub fn cluster_prefixes(&self) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for sc in self.service_cidrs.state() {
+            let cidrs = sc.spec.as_ref().and_then(|s| s.cidrs.clone()).unwrap_or_default();
+            out.extend(cidrs.iter().filter_map(|c| c.parse::<ipnet::IpNet>().ok()));
+        }
+        for node in self.nodes.state() {
+            let pod_cidrs = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidrs.clone())
+                .unwrap_or_default();
+            out.extend(pod_cidrs.iter().filter_map(|c| c.parse::<ipnet::IpNet>().ok()));
+            let addresses = node
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.clone())
+                .unwrap_or_default();
+            out.extend(
+                addresses
+                    .iter()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .filter_map(|a| a.address.parse().ok())
+                    .map(crate::model::routes::host),
+            );
+        }
+        out
     }
 
     /// The agent's report for `node`, if any.

@@ -14,6 +14,7 @@ use super::status::{self, NodeReport};
 use super::{MANAGER, Result, kube_err};
 use crate::api::Link;
 use crate::api::node_state::{Owner, OwnerKind};
+use crate::model::claims;
 
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -31,7 +32,9 @@ pub async fn reconcile(link: Arc<Link>, ctx: Arc<Context>) -> Result<Action> {
     };
     let selected = ctx.selected_nodes(&link.spec.node_selector);
     let states = ctx.node_states();
-    let conflict = ctx.conflicts().remove(&owner);
+    let conflicts = ctx.conflicts();
+    let conflict = conflicts.get(&owner).cloned();
+    let contested = claims::contested(&conflicts, &owner);
     let nodes: Vec<NodeReport> = selected
         .iter()
         .map(|node| NodeReport {
@@ -46,6 +49,7 @@ pub async fn reconcile(link: Arc<Link>, ctx: Arc<Context>) -> Result<Action> {
         link.spec.interface_name.as_str(),
         &nodes,
         conflict.as_ref(),
+        &contested,
         old,
     );
     if old.is_none_or(|old| status::differs(old, &new)) {

@@ -9,7 +9,11 @@
 //! - `isGateway`/`isDefaultGateway` would put one gateway address on every node's
 //!   bridge, duplicated across the VXLAN: always false (the router pod is the gateway);
 //! - `preserveDefaultVlan` changed its default in 2025: always rendered;
-//! - the bridge plugin's `mtu` sets the pod veth MTU: it is the effective MTU.
+//! - the bridge plugin's `mtu` sets the pod veth MTU: it is the effective MTU;
+//! - a router forwards: its conflist ends with the `tuning` plugin turning IP
+//!   forwarding on in the router pod's network namespace (for the range's family), so
+//!   the router needs no privileged sysctl or init container for it. (Its NAT or VPN is
+//!   still its own business.)
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -102,7 +106,15 @@ pub enum RenderError {
 }
 
 /// Renders the client and (when asked) router attachments of `network` at `mtu`.
-pub fn render(network: &Network, mtu: u32, settings: &Settings) -> Result<Vec<Rendered>, RenderError> {
+/// `gateway_excludes`: with `spec.gateway`, the prefixes kept on eth0
+/// ([`crate::model::routes::excludes`]); the client attachment routes the rest via
+/// `ipam.gateway`.
+pub fn render(
+    network: &Network,
+    mtu: u32,
+    settings: &Settings,
+    gateway_excludes: &[IpNet],
+) -> Result<Vec<Rendered>, RenderError> {
     let ipam = &network.spec.ipam;
     let range: IpNet = ipam
         .range
@@ -116,7 +128,7 @@ pub fn render(network: &Network, mtu: u32, settings: &Settings) -> Result<Vec<Re
             network,
             mtu,
             settings,
-            client_ipam(network, settings)?,
+            client_ipam(network, settings, gateway_excludes)?,
         ),
     }];
     if let (Some(router), Some(name)) = (&network.spec.attachments.router, network.router_attachment_name()) {
@@ -128,10 +140,18 @@ pub fn render(network: &Network, mtu: u32, settings: &Settings) -> Result<Vec<Re
             "type": "static",
             "addresses": [{"address": format!("{address}/{}", range.prefix_len())}],
         });
+        let mut config = conflist(&name, network, mtu, settings, ipam);
+        let forwarding = match range {
+            IpNet::V4(_) => "net.ipv4.ip_forward",
+            IpNet::V6(_) => "net.ipv6.conf.all.forwarding",
+        };
+        if let Some(plugins) = config["plugins"].as_array_mut() {
+            plugins.push(json!({"type": "tuning", "sysctl": {forwarding: "1"}}));
+        }
         out.push(Rendered {
             name: name.clone(),
             role: Role::Router,
-            config: conflist(&name, network, mtu, settings, ipam),
+            config,
         });
     }
     Ok(out)
@@ -180,7 +200,11 @@ fn parse_ip(field: &'static str, value: &str) -> Result<IpAddr, RenderError> {
     })
 }
 
-fn client_ipam(network: &Network, settings: &Settings) -> Result<Value, RenderError> {
+fn client_ipam(
+    network: &Network,
+    settings: &Settings,
+    gateway_excludes: &[IpNet],
+) -> Result<Value, RenderError> {
     let ipam = &network.spec.ipam;
     let mut exclude: Vec<String> = ipam.exclude.clone();
     let mut extra = Vec::new();
@@ -212,15 +236,24 @@ fn client_ipam(network: &Network, settings: &Settings) -> Result<Value, RenderEr
     if let Some(gw) = &ipam.gateway {
         out.insert("gateway", json!(gw));
     }
-    if !ipam.routes.is_empty() {
-        let routes: Vec<Value> = ipam
-            .routes
-            .iter()
-            .map(|r| match r.gw.as_ref().or(ipam.gateway.as_ref()) {
-                Some(gw) => json!({"dst": r.dst, "gw": gw}),
-                None => json!({"dst": r.dst}),
-            })
-            .collect();
+    let mut routes: Vec<Value> = ipam
+        .routes
+        .iter()
+        .map(|r| match r.gw.as_ref().or(ipam.gateway.as_ref()) {
+            Some(gw) => json!({"dst": r.dst, "gw": gw}),
+            None => json!({"dst": r.dst}),
+        })
+        .collect();
+    if let (Some(_), Some(gw)) = (&network.spec.gateway, &ipam.gateway) {
+        let range: IpNet = ipam
+            .range
+            .parse()
+            .map_err(|_| RenderError::Range(ipam.range.clone()))?;
+        for dst in crate::model::routes::complement(&range, gateway_excludes) {
+            routes.push(json!({"dst": dst.to_string(), "gw": gw}));
+        }
+    }
+    if !routes.is_empty() {
         out.insert("routes", json!(routes));
     }
     // A pool of its own per Network, so two Networks with the same range never hand
@@ -262,7 +295,7 @@ mod tests {
 
     #[test]
     fn client_attachment_renders_every_field() {
-        let rendered = render(&full(), 1450, &Settings::default()).unwrap();
+        let rendered = render(&full(), 1450, &Settings::default(), &[]).unwrap();
         assert_eq!(rendered.len(), 2);
         let client = &rendered[0];
         assert_eq!((client.name.as_str(), client.role), ("clients", Role::Client));
@@ -296,7 +329,7 @@ mod tests {
 
     #[test]
     fn router_attachment_has_the_static_address_with_the_range_prefix() {
-        let rendered = render(&full(), 1450, &Settings::default()).unwrap();
+        let rendered = render(&full(), 1450, &Settings::default(), &[]).unwrap();
         let router = &rendered[1];
         assert_eq!((router.name.as_str(), router.role), ("router", Role::Router));
         assert_eq!(router.config["plugins"][0]["type"], "nno-cni-shim");
@@ -305,6 +338,18 @@ mod tests {
             router.config["plugins"][1]["ipam"],
             json!({"type": "static", "addresses": [{"address": "192.168.50.1/24"}]})
         );
+        assert_eq!(
+            router.config["plugins"][2],
+            json!({"type": "tuning", "sysctl": {"net.ipv4.ip_forward": "1"}}),
+            "the router forwards"
+        );
+        assert_eq!(router.config["plugins"].as_array().unwrap().len(), 3);
+        let client = &rendered[0];
+        assert_eq!(
+            client.config["plugins"].as_array().unwrap().len(),
+            2,
+            "clients do not forward"
+        );
     }
 
     #[test]
@@ -312,7 +357,7 @@ mod tests {
         let mut net = full();
         net.spec.ipam.gateway = Some("192.168.50.254".into());
         net.spec.ipam.exclude = vec!["192.168.50.1/32".into()];
-        let client = &render(&net, 1450, &Settings::default()).unwrap()[0];
+        let client = &render(&net, 1450, &Settings::default(), &[]).unwrap()[0];
         assert_eq!(
             client.config["plugins"][1]["ipam"]["exclude"],
             json!(["192.168.50.1/32", "192.168.50.254/32"])
@@ -324,7 +369,7 @@ mod tests {
         let net = network(json!({
             "bridge": {"name": "br0"}, "ipam": {"range": "fd00:50::/64"}, "attachments": {"namespaces": ["a"]}
         }));
-        let rendered = render(&net, 1500, &Settings::default()).unwrap();
+        let rendered = render(&net, 1500, &Settings::default(), &[]).unwrap();
         assert_eq!(rendered.len(), 1, "no router attachment unless asked");
         assert_eq!(rendered[0].name, "gw", "named after the Network");
         let ipam = &rendered[0].config["plugins"][1]["ipam"];
@@ -341,7 +386,7 @@ mod tests {
             "ipam": {"range": "fd00:50::/64", "gateway": "fd00:50::1", "routes": [{"dst": "::/0"}]},
             "attachments": {"namespaces": ["a"], "router": {"address": "fd00:50::1"}}
         }));
-        let rendered = render(&net, 1430, &Settings::default()).unwrap();
+        let rendered = render(&net, 1430, &Settings::default(), &[]).unwrap();
         assert_eq!(
             rendered[0].config["plugins"][1]["ipam"]["exclude"],
             json!(["fd00:50::1/128"])
@@ -350,6 +395,10 @@ mod tests {
         assert_eq!(
             rendered[1].config["plugins"][1]["ipam"]["addresses"][0]["address"],
             "fd00:50::1/64"
+        );
+        assert_eq!(
+            rendered[1].config["plugins"][2]["sysctl"],
+            json!({"net.ipv6.conf.all.forwarding": "1"})
         );
     }
 
@@ -366,7 +415,7 @@ mod tests {
                 shim_timeout_seconds: 45,
                 whereabouts_kubeconfig: "/etc/wb.kubeconfig".into(),
             };
-            for rendered in render(&full(), 9000, &settings).unwrap() {
+            for rendered in render(&full(), 9000, &settings, &[]).unwrap() {
                 assert_eq!(rendered.config["cniVersion"], text);
                 let shim = &rendered.config["plugins"][0];
                 assert_eq!(shim["socket"], "/var/run/nno.sock");
@@ -374,15 +423,56 @@ mod tests {
                 assert_eq!(rendered.config["plugins"][1]["mtu"], 9000);
             }
             assert_eq!(
-                render(&full(), 9000, &settings).unwrap()[0].config["plugins"][1]["ipam"]["kubernetes"]["kubeconfig"],
+                render(&full(), 9000, &settings, &[]).unwrap()[0].config["plugins"][1]["ipam"]["kubernetes"]
+                    ["kubeconfig"],
                 "/etc/wb.kubeconfig"
             );
         }
     }
 
     #[test]
+    fn gateway_routing_routes_all_but_the_excluded_prefixes_via_the_gateway() {
+        let mut net = full();
+        net.spec.ipam.routes = vec![];
+        net.spec.gateway = Some(crate::api::network::Gateway {
+            exclude: vec![],
+            exclude_cluster: true,
+        });
+        let excluded: Vec<IpNet> = vec!["10.96.0.0/12".parse().unwrap()];
+        let rendered = render(&net, 1450, &Settings::default(), &excluded).unwrap();
+        let routes = rendered[0].config["plugins"][1]["ipam"]["routes"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(routes.len(), 12);
+        assert!(routes.iter().all(|r| r["gw"] == "192.168.50.1"), "{routes:?}");
+        assert!(routes.iter().any(|r| r["dst"] == "0.0.0.0/5"), "{routes:?}");
+        assert!(
+            !routes.iter().any(|r| r["dst"] == "0.0.0.0/0"),
+            "eth0 keeps the default route"
+        );
+        assert_eq!(
+            rendered[1].config["plugins"][1]["ipam"].get("routes"),
+            None,
+            "the router gets no gateway routes"
+        );
+        // A user route is kept beside them.
+        net.spec.ipam.routes = vec![crate::api::network::Route {
+            dst: "203.0.113.0/24".into(),
+            gw: Some("192.168.50.9".into()),
+        }];
+        let rendered = render(&net, 1450, &Settings::default(), &excluded).unwrap();
+        let routes = rendered[0].config["plugins"][1]["ipam"]["routes"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(routes[0], json!({"dst": "203.0.113.0/24", "gw": "192.168.50.9"}));
+        assert_eq!(routes.len(), 13);
+    }
+
+    #[test]
     fn never_a_gateway_on_the_bridge() {
-        for rendered in render(&full(), 1450, &Settings::default()).unwrap() {
+        for rendered in render(&full(), 1450, &Settings::default(), &[]).unwrap() {
             let bridge = &rendered.config["plugins"][1];
             assert_eq!(bridge["isGateway"], false);
             assert_eq!(bridge["isDefaultGateway"], false);
@@ -396,11 +486,11 @@ mod tests {
         let mut net = full();
         net.spec.ipam.range = "nope".into();
         assert_eq!(
-            render(&net, 1450, &Settings::default()),
+            render(&net, 1450, &Settings::default(), &[]),
             Err(RenderError::Range("nope".into()))
         );
         let mut net = full();
         net.spec.attachments.router.as_mut().unwrap().address = "x".into();
-        assert!(render(&net, 1450, &Settings::default()).is_err());
+        assert!(render(&net, 1450, &Settings::default(), &[]).is_err());
     }
 }

@@ -23,6 +23,7 @@ use crate::api::common::find_condition;
 use crate::api::network::NetworkStatus;
 use crate::api::node_state::{Owner, OwnerKind};
 use crate::api::{Network, condition};
+use crate::model::claims;
 use crate::model::mtu::{self, CarrierReport, Effective};
 use crate::multus::{NetworkAttachmentDefinition, NetworkAttachmentDefinitionSpec};
 
@@ -97,7 +98,9 @@ async fn apply(network: &Network, ctx: &Context) -> Result<Action> {
     let ifaces = interfaces(network);
     let selected = ctx.selected_nodes(&network.spec.node_selector);
     let states = ctx.node_states();
-    let conflict = ctx.conflicts().remove(&owner);
+    let conflicts = ctx.conflicts();
+    let conflict = conflicts.get(&owner).cloned();
+    let contested = claims::contested(&conflicts, &owner);
 
     let vxlan_name = network
         .spec
@@ -112,18 +115,31 @@ async fn apply(network: &Network, ctx: &Context) -> Result<Action> {
                 let iface = states.get(node)?.interface(vx)?;
                 (iface.owner == owner).then_some(iface.carrier_mtu).flatten()
             }),
+            carrier: vxlan_name.as_ref().and_then(|vx| {
+                let iface = states.get(node)?.interface(vx)?;
+                (iface.owner == owner)
+                    .then(|| iface.carrier.as_ref().map(|c| c.to_string()))
+                    .flatten()
+            }),
         })
         .collect();
     let family = network.spec.vxlan.as_ref().map(|v| v.underlay_family());
-    let effective = mtu::effective(network.spec.mtu, family, &reports);
+    let established = network.status.as_ref().and_then(|s| s.established_mtu);
+    let effective = mtu::effective(network.spec.mtu, established, family, &reports);
 
+    let gateway_excludes = crate::model::routes::excludes(network, &ctx.cluster_prefixes());
     let mut invalid = None;
     let desired: Option<Vec<Rendered>> = if conflict.is_some() {
         Some(vec![])
     } else {
         match &effective {
             Effective::Known { mtu, .. } | Effective::TooLarge { mtu, .. } => {
-                match nad::render(network, *mtu, &ctx.settings) {
+                match nad::render(
+                    network,
+                    *mtu,
+                    &ctx.settings,
+                    gateway_excludes.as_deref().unwrap_or_default(),
+                ) {
                     Ok(rendered) => Some(rendered),
                     Err(e) => {
                         invalid = Some(e.to_string());
@@ -150,7 +166,14 @@ async fn apply(network: &Network, ctx: &Context) -> Result<Action> {
         interfaces: ifaces,
         nodes,
         conflict,
+        contested,
         invalid,
+        spec_mtu: network.spec.mtu,
+        gateway_excludes: gateway_excludes
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
         mtu: effective.clone(),
         attachments,
     };
@@ -226,6 +249,18 @@ async fn announce(
         };
         ctx.event(network, type_, &reason, message).await;
     }
+}
+
+/// Those of `names` that exist and are not being deleted.
+fn existing_namespaces(ctx: &Context, names: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+    let live: BTreeSet<String> = ctx
+        .namespaces
+        .state()
+        .iter()
+        .filter(|n| n.metadata.deletion_timestamp.is_none())
+        .map(|n| n.name_any())
+        .collect();
+    names.into_iter().filter(|n| live.contains(n)).collect()
 }
 
 /// The namespaces that get the Network's NADs now: listed ones that exist, and those
@@ -308,8 +343,20 @@ async fn sync_nads(
     };
 
     let mut wanted = BTreeMap::new();
-    for ns in target_namespaces(network, ctx) {
-        for rendered in &desired {
+    let targets = target_namespaces(network, ctx);
+    let router_namespace = network
+        .spec
+        .attachments
+        .router
+        .as_ref()
+        .and_then(|r| r.namespace.clone());
+    for rendered in &desired {
+        let namespaces: BTreeSet<String> = match (rendered.role, &router_namespace) {
+            // The router's namespace alone, once it exists.
+            (nad::Role::Router, Some(ns)) => existing_namespaces(ctx, [ns.clone()]),
+            _ => targets.clone(),
+        };
+        for ns in namespaces {
             let nad = nad_object(network, &ns, rendered).map_err(|e| e.to_string())?;
             wanted.insert(key(&nad), nad);
         }

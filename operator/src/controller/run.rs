@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
@@ -147,6 +148,9 @@ async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
     check_listable::<NodeNetworkState>(client, NNO_CRDS).await?;
     let multus = "Is multus installed (it installs the NetworkAttachmentDefinition CRD)?";
     check_listable::<NetworkAttachmentDefinition>(client, multus).await?;
+    let service_cidrs =
+        "ServiceCIDR objects (networking.k8s.io/v1) need Kubernetes 1.33 or newer, and the chart's RBAC";
+    check_listable::<ServiceCIDR>(client, service_cidrs).await?;
     Ok(())
 }
 
@@ -169,6 +173,12 @@ async fn controllers(client: kube::Client, args: Args, metrics: Metrics) {
         Api::<Namespace>::all(client.clone()),
         config(),
         changed.clone(),
+        on_error.clone(),
+    );
+    let (service_cidrs, sc_driver) = cache(
+        Api::<ServiceCIDR>::all(client.clone()),
+        config(),
+        changed.clone(),
         on_error,
     );
 
@@ -187,6 +197,7 @@ async fn controllers(client: kube::Client, args: Args, metrics: Metrics) {
         nodes,
         states,
         namespaces,
+        service_cidrs,
         Settings {
             cni_version: args.cni_version,
             shim_socket: args.shim_socket.clone(),
@@ -230,7 +241,7 @@ async fn controllers(client: kube::Client, args: Args, metrics: Metrics) {
             future::ready(())
         });
     info!("controllers running");
-    tokio::join!(nodes_driver, states_driver, ns_driver, networks, links);
+    tokio::join!(nodes_driver, states_driver, ns_driver, sc_driver, networks, links);
     error!("controllers stopped");
 }
 

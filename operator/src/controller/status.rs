@@ -23,6 +23,8 @@ pub mod reason {
     pub const MTU_TOO_LARGE: &str = "MtuTooLarge";
     pub const CONFLICT: &str = "Conflict";
     pub const NO_CONFLICT: &str = "NoConflict";
+    /// This object keeps a claim that a newer object also wants.
+    pub const CONTESTED: &str = "Contested";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const ATTACHMENTS_FAILED: &str = "AttachmentDefinitionsFailed";
     pub const AS_EXPECTED: &str = "AsExpected";
@@ -103,8 +105,14 @@ pub struct NetworkFacts<'a> {
     pub interfaces: Vec<String>,
     pub nodes: Vec<NodeReport<'a>>,
     pub conflict: Option<Conflict>,
+    /// Newer objects waiting for a claim this one keeps.
+    pub contested: Vec<(Owner, Conflict)>,
     /// Why the NADs could not be rendered (a spec the schema did not catch).
     pub invalid: Option<String>,
+    /// `spec.mtu`: while set, no MTU is established.
+    pub spec_mtu: Option<u32>,
+    /// With `spec.gateway`: the prefixes kept on eth0.
+    pub gateway_excludes: Vec<String>,
     pub mtu: Effective,
     /// NADs written (`ns/name`), or why writing failed.
     pub attachments: Result<Vec<String>, String>,
@@ -124,19 +132,27 @@ pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> 
         (status::FALSE, reason::CONFLICT, conflict.message())
     } else if let Some(invalid) = &facts.invalid {
         (status::FALSE, reason::INVALID_SPEC, invalid.clone())
-    } else if let Effective::TooLarge { mtu, nodes } = &facts.mtu {
-        let list: Vec<String> = nodes
-            .iter()
-            .map(|(n, max)| format!("{n} (at most {max})"))
-            .collect();
-        (
-            status::FALSE,
-            reason::MTU_TOO_LARGE,
+    } else if let Effective::TooLarge {
+        mtu,
+        nodes,
+        established,
+    } = &facts.mtu
+    {
+        let list: Vec<String> = nodes.iter().map(|l| l.to_string()).collect();
+        let message = if *established {
+            let smallest = nodes.iter().map(|l| l.max).min().unwrap_or(*mtu);
+            format!(
+                "MTU {mtu} is kept for the pods already on this network, and the VXLAN carrier of these nodes cannot carry it: {}; \
+                 give them larger carriers, or set spec.mtu (at most {smallest}) to lower the MTU of the whole network",
+                list.join(", ")
+            )
+        } else {
             format!(
                 "spec.mtu {mtu} is more than the VXLAN carrier of these nodes can carry: {}",
                 list.join(", ")
-            ),
-        )
+            )
+        };
+        (status::FALSE, reason::MTU_TOO_LARGE, message)
     } else if matches!(facts.mtu, Effective::Unknown) && desired > 0 {
         let message =
             "the MTU is derived from the nodes' VXLAN carriers, and no selected node has reported one yet";
@@ -178,10 +194,8 @@ pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> 
     } else {
         (status::FALSE, reason::AS_EXPECTED, String::new())
     };
-    let (conflict_status, conflict_reason, conflict_message) = match &facts.conflict {
-        Some(c) => (status::TRUE, reason::CONFLICT, c.message()),
-        None => (status::FALSE, reason::NO_CONFLICT, String::new()),
-    };
+    let (conflict_status, conflict_reason, conflict_message) =
+        conflict_condition(facts.conflict.as_ref(), &facts.contested);
 
     let mut conditions = old.map(|o| o.conditions.clone()).unwrap_or_default();
     let generation = facts.generation;
@@ -214,6 +228,13 @@ pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> 
         Effective::Known { mtu, .. } | Effective::TooLarge { mtu, .. } => Some(*mtu),
         Effective::Unknown => None,
     };
+    // Established once Ready everywhere with a derived MTU; kept from then on.
+    let established_mtu = match facts.spec_mtu {
+        Some(_) => None,
+        None => old
+            .and_then(|o| o.established_mtu)
+            .or(mtu.filter(|_| ready_status == status::TRUE)),
+    };
     NetworkStatus {
         conditions,
         observed_generation: generation,
@@ -221,8 +242,27 @@ pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> 
         ready_nodes: ready,
         nodes: Some(format!("{ready}/{desired}")),
         mtu,
+        established_mtu,
         attachment_definitions: facts.attachments.clone().unwrap_or_default(),
+        gateway_excludes: facts.gateway_excludes.clone(),
         not_ready_nodes: problems.into_iter().take(MAX_LISTED_NODES).collect(),
+    }
+}
+
+/// The `Conflict` condition of a Network or Link: True when it lost a claim; False,
+/// and saying so, when it keeps one that a newer object waits for.
+fn conflict_condition(
+    conflict: Option<&Conflict>,
+    contested: &[(Owner, Conflict)],
+) -> (&'static str, &'static str, String) {
+    match conflict {
+        Some(c) => (status::TRUE, reason::CONFLICT, c.message()),
+        None if !contested.is_empty() => (
+            status::FALSE,
+            reason::CONTESTED,
+            crate::model::claims::contested_message(contested),
+        ),
+        None => (status::FALSE, reason::NO_CONFLICT, String::new()),
     }
 }
 
@@ -233,6 +273,7 @@ pub fn link_status(
     interface: &str,
     nodes: &[NodeReport<'_>],
     conflict: Option<&Conflict>,
+    contested: &[(Owner, Conflict)],
     old: Option<&LinkStatus>,
 ) -> LinkStatus {
     let expected = [interface.to_string()];
@@ -272,10 +313,7 @@ pub fn link_status(
         )
     };
     set_condition(&mut conditions, condition(cond::DEGRADED, ds, dr, dm, generation));
-    let (cs, cr, cm) = match conflict {
-        Some(c) => (status::TRUE, reason::CONFLICT, c.message()),
-        None => (status::FALSE, reason::NO_CONFLICT, String::new()),
-    };
+    let (cs, cr, cm) = conflict_condition(conflict, contested);
     set_condition(&mut conditions, condition(cond::CONFLICT, cs, cr, cm, generation));
     LinkStatus {
         conditions,
@@ -356,7 +394,10 @@ mod tests {
             interfaces: vec!["br-gw".into(), "vxlan1".into()],
             nodes,
             conflict: None,
+            contested: vec![],
             invalid: None,
+            spec_mtu: None,
+            gateway_excludes: vec![],
             mtu: Effective::Known {
                 mtu: 1450,
                 limited_by: Some("a".into()),
@@ -491,7 +532,12 @@ mod tests {
         assert_eq!(s.mtu, None, "never a guessed MTU");
         f.mtu = Effective::TooLarge {
             mtu: 9000,
-            nodes: vec![("b".into(), 1450)],
+            nodes: vec![crate::model::mtu::Limit {
+                node: "b".into(),
+                max: 1450,
+                carrier: None,
+            }],
+            established: false,
         };
         let s = network_status(&f, None);
         assert_eq!(cond(&s, "Ready"), ("False", "MtuTooLarge"));
@@ -515,6 +561,80 @@ mod tests {
         let s = network_status(&f, None);
         assert_eq!(cond(&s, "Ready"), ("False", "Conflict"));
         assert_eq!(cond(&s, "Conflict"), ("True", "Conflict"));
+    }
+
+    #[test]
+    fn a_winner_says_who_waits_for_its_claims() {
+        let owner = Owner {
+            kind: OwnerKind::Link,
+            name: "eth0".into(),
+        };
+        let waiting = vec![(
+            Owner {
+                kind: OwnerKind::Network,
+                name: "gw".into(),
+            },
+            Conflict {
+                winner: owner.clone(),
+                what: "interface eth0".into(),
+                node: "a".into(),
+            },
+        )];
+        let s = link_status(Some(1), &owner, "eth0", &[], None, &waiting, None);
+        let c = find_condition(&s.conditions, "Conflict").unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Contested"));
+        assert!(
+            c.message.contains("newer Network gw (on node a)"),
+            "{}",
+            c.message
+        );
+        let s = link_status(Some(1), &owner, "eth0", &[], None, &[], None);
+        let c = find_condition(&s.conditions, "Conflict").unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "NoConflict"));
+    }
+
+    #[test]
+    fn the_mtu_is_established_once_ready_everywhere_and_kept() {
+        let ready_iface = |name: &str| iface(name, true, 2);
+        let st = state(vec![ready_iface("br-gw"), ready_iface("vxlan1")]);
+        let nodes = [NodeReport {
+            node: "a",
+            state: Some(&st),
+        }];
+        let mut f = facts(nodes.to_vec());
+        let first = network_status(&f, None);
+        assert_eq!(cond(&first, "Ready").0, "True");
+        assert_eq!(first.established_mtu, Some(1450));
+        // A smaller node joined: the MTU is kept, the message says how to change it.
+        f.mtu = Effective::TooLarge {
+            mtu: 1450,
+            nodes: vec![crate::model::mtu::Limit {
+                node: "c".into(),
+                max: 1400,
+                carrier: Some("eth0".into()),
+            }],
+            established: true,
+        };
+        let kept = network_status(&f, Some(&first));
+        assert_eq!(kept.established_mtu, Some(1450));
+        assert_eq!(kept.mtu, Some(1450));
+        let message = &find_condition(&kept.conditions, "Ready").unwrap().message;
+        assert!(message.contains("MTU 1450 is kept"), "{message}");
+        assert!(message.contains("c (carrier eth0: at most 1400)"), "{message}");
+        assert!(message.contains("set spec.mtu (at most 1400)"), "{message}");
+        // spec.mtu takes over: nothing established while it is set.
+        f.spec_mtu = Some(1400);
+        assert_eq!(network_status(&f, Some(&kept)).established_mtu, None);
+        // Not Ready yet: nothing established.
+        let mut g = facts(vec![NodeReport {
+            node: "a",
+            state: None,
+        }]);
+        g.mtu = Effective::Known {
+            mtu: 8950,
+            limited_by: None,
+        };
+        assert_eq!(network_status(&g, None).established_mtu, None);
     }
 
     #[test]
@@ -575,6 +695,7 @@ mod tests {
                 },
             ],
             None,
+            &[],
             None,
         );
         assert_eq!(s.nodes.as_deref(), Some("1/2"));

@@ -17,7 +17,8 @@ pub struct Claim {
     pub owner: Owner,
     /// Creation time in seconds since the epoch; older wins.
     pub created: i64,
-    /// Interface names it creates (unmanaged Links create none).
+    /// Interface names it creates or, for an unmanaged Link, manages: one object per
+    /// interface name on a node.
     pub interfaces: Vec<String>,
     /// VXLAN network identifiers it uses.
     pub vnis: Vec<u32>,
@@ -82,14 +83,11 @@ pub fn network_claim(network: &Network) -> Claim {
     }
 }
 
-/// The claims of a Link: its interface (unless unmanaged) and VNI.
+/// The claims of a Link: its interface (an unmanaged one too: two objects wanting
+/// one name on a node would both report it) and VNI.
 pub fn link_claim(link: &Link) -> Claim {
     let spec = &link.spec;
-    let interfaces = if spec.unmanaged.is_some() {
-        vec![]
-    } else {
-        vec![spec.interface_name.to_string()]
-    };
+    let interfaces = vec![spec.interface_name.to_string()];
     Claim {
         owner: Owner {
             kind: OwnerKind::Link,
@@ -99,6 +97,32 @@ pub fn link_claim(link: &Link) -> Claim {
         interfaces,
         vnis: spec.vxlan.iter().map(|v| v.vnid).collect(),
     }
+}
+
+/// The objects that lost a claim to `winner` (from [`conflicts`]), with what.
+pub fn contested(losers: &BTreeMap<Owner, Conflict>, winner: &Owner) -> Vec<(Owner, Conflict)> {
+    losers
+        .iter()
+        .filter(|(_, c)| &c.winner == winner)
+        .map(|(o, c)| (o.clone(), c.clone()))
+        .collect()
+}
+
+/// What a winner's status says about the objects waiting for its claims.
+pub fn contested_message(contested: &[(Owner, Conflict)]) -> String {
+    let waiting: Vec<String> = contested
+        .iter()
+        .map(|(loser, c)| {
+            format!(
+                "{} is also wanted by the newer {} {} (on node {}), which waits",
+                c.what,
+                loser.kind_str(),
+                loser.name,
+                c.node
+            )
+        })
+        .collect();
+    format!("this object keeps its claims: {}", waiting.join("; "))
 }
 
 /// The losers among `claims`, given which nodes each claim applies to. Ties in age
@@ -180,6 +204,22 @@ mod tests {
     }
 
     #[test]
+    fn a_network_bridge_named_like_an_unmanaged_link_conflicts_and_both_know() {
+        let link = claim(OwnerKind::Link, "eth0", 5, &["eth0"], &[]);
+        let net = claim(OwnerKind::Network, "gw", 10, &["eth0", "vxlan1"], &[1]);
+        let losers = conflicts(&[(net.clone(), nodes(&["n1"])), (link.clone(), nodes(&["n1"]))]);
+        assert_eq!(losers[&net.owner].winner, link.owner);
+        assert_eq!(losers[&net.owner].what, "interface eth0");
+        let waiting = contested(&losers, &link.owner);
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(
+            contested_message(&waiting),
+            "this object keeps its claims: interface eth0 is also wanted by the newer Network gw (on node n1), which waits"
+        );
+        assert!(contested(&losers, &net.owner).is_empty());
+    }
+
+    #[test]
     fn same_vni_conflicts_even_with_other_names() {
         let a = claim(OwnerKind::Network, "a", 10, &["br-a", "vx-a"], &[7]);
         let b = claim(OwnerKind::Link, "b", 5, &["vx-b"], &[7]);
@@ -241,7 +281,8 @@ mod tests {
         }))
         .unwrap();
         let c = link_claim(&unmanaged);
-        assert!(c.interfaces.is_empty() && c.vnis.is_empty());
+        assert_eq!(c.interfaces, ["eth0"], "an unmanaged interface is claimed too");
+        assert!(c.vnis.is_empty());
         assert_eq!(c.created, i64::MAX, "not yet created sorts last");
     }
 }

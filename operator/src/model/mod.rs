@@ -3,3 +3,4 @@
 
 pub mod claims;
 pub mod mtu;
+pub mod routes;

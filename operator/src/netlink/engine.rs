@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
+use netlink_packet_core::NetlinkPayload;
 use nix::sched::CloneFlags;
 use rtnetlink::Handle;
 use rtnetlink::sys::AsyncSocket;
@@ -19,6 +20,7 @@ use super::error::{Error, Operation};
 use super::events::{self, EventStream, Interest};
 use super::observe::observe;
 use super::plan::{Problem, assess, plan};
+use super::ports::PortMemory;
 use super::types::{DesiredLink, LinkState, reason};
 
 /// Rounds of observe/plan/apply within one pass. A round only follows when the
@@ -53,6 +55,8 @@ pub struct Engine {
     /// socket dies.
     netns: File,
     interest: Interest,
+    /// Foreign ports (pods' veths) of the owned bridges, to attach again.
+    ports: PortMemory,
 }
 
 impl Drop for Engine {
@@ -98,6 +102,7 @@ impl Engine {
             repairs: WriteCounter::default(),
             netns,
             interest: Interest::default(),
+            ports: PortMemory::default(),
         })
     }
 
@@ -146,7 +151,9 @@ impl Engine {
                     return desired.iter().map(|d| failed(d, &e)).collect();
                 }
             };
-            let plan = plan(desired, &observed);
+            self.ports.learn(desired, &observed);
+            let mut plan = plan(desired, &observed);
+            self.ports.restore(desired, &observed, &mut plan);
             let steps: Vec<_> = plan
                 .steps()
                 .into_iter()
@@ -154,6 +161,7 @@ impl Engine {
                 .collect();
             if steps.is_empty() || round == MAX_ROUNDS {
                 self.interest = Interest::new(desired, &observed, &plan);
+                self.interest.watch(self.ports.indices());
                 let problems = errors
                     .iter()
                     .map(|(name, e)| (name.clone(), problem(e)))
@@ -238,6 +246,14 @@ impl Engine {
     async fn next_cue(&mut self) {
         loop {
             match self.events.next().await {
+                // The receive buffer overflowed (the agent was starved or stopped
+                // while links churned): events were lost. A fresh subscription
+                // starts from a clean socket; the pass that follows observes all.
+                Some((msg, _)) if matches!(msg.payload, NetlinkPayload::Overrun(_)) => {
+                    warn!("netlink events lost (receive buffer overflowed); subscribing again");
+                    self.resubscribe().await;
+                    break;
+                }
                 Some((msg, _)) if self.interest.is_relevant(&msg) => break,
                 Some(_) => {}
                 None => {
@@ -269,7 +285,9 @@ impl Engine {
 }
 
 /// Runs `f` on a short-lived thread that has entered the network namespace
-/// `ns`, with the current tokio runtime entered (so `f` may spawn tasks).
+/// `ns`, with the current tokio runtime entered (so `f` may spawn tasks). A thread
+/// already in `ns` does not call setns, which needs CAP_SYS_ADMIN: the agent, with
+/// only CAP_NET_ADMIN, subscribes again in its own namespace.
 fn in_namespace<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|e| Error::Io {
         op: Operation::Subscribe,
@@ -278,17 +296,29 @@ fn in_namespace<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> Result<T, E
     })?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).map_err(|errno| Error::Io {
-                op: Operation::Subscribe,
-                target: "a network namespace (setns)".into(),
-                source: errno.into(),
-            })?;
+            if !same_namespace(ns) {
+                nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).map_err(|errno| Error::Io {
+                    op: Operation::Subscribe,
+                    target: "a network namespace (setns)".into(),
+                    source: errno.into(),
+                })?;
+            }
             let _entered = runtime.enter();
             Ok(f())
         })
         .join()
         .expect("namespace thread panicked")
     })
+}
+
+/// Whether the calling thread is in the network namespace `ns` (same device and
+/// inode as its own `/proc/thread-self/ns/net`).
+fn same_namespace(ns: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (ns.metadata(), std::fs::metadata("/proc/thread-self/ns/net")) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 fn problem(e: &Error) -> Problem {

@@ -109,6 +109,12 @@ impl Interest {
     }
 
     /// Whether `msg` is a cue to observe again.
+    /// Also treats events of these interfaces as cues (e.g. pods' ports of owned
+    /// bridges, which a detach or a re-attach changes).
+    pub(crate) fn watch(&mut self, indices: impl IntoIterator<Item = u32>) {
+        self.indices.extend(indices);
+    }
+
     pub(crate) fn is_relevant(&self, msg: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
         let inner = match &msg.payload {
             NetlinkPayload::InnerMessage(m) => m,
@@ -131,9 +137,12 @@ impl Interest {
 
     fn link(&self, m: &LinkMessage) -> bool {
         self.indices.contains(&m.header.index)
-            || m.attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::IfName(n) if self.names.contains(n)))
+            || m.attributes.iter().any(|a| match a {
+                LinkAttribute::IfName(n) => self.names.contains(n),
+                // A port joining one of our bridges: remembered from the next pass.
+                LinkAttribute::Controller(master) => self.indices.contains(master),
+                _ => false,
+            })
     }
 }
 
@@ -246,6 +255,24 @@ mod tests {
             !i.is_relevant(&msg(link_msg(20, Some("pod-veth")))),
             "unrelated veth"
         );
+    }
+
+    #[test]
+    fn ports_joining_our_links_and_watched_ports_are_cues() {
+        let mut i = interest(&[vxlan(Carrier::Named("eth1".into()))]);
+        let mut joining = LinkMessage::default();
+        joining.header.index = 30;
+        joining.attributes.push(LinkAttribute::Controller(9));
+        assert!(
+            i.is_relevant(&msg(RouteNetlinkMessage::NewLink(joining))),
+            "a port of index 9"
+        );
+        assert!(
+            !i.is_relevant(&msg(link_msg(20, None))),
+            "pod-veth is not watched yet"
+        );
+        i.watch([20]);
+        assert!(i.is_relevant(&msg(link_msg(20, None))), "pod-veth watched");
     }
 
     #[test]

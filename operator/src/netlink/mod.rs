@@ -72,6 +72,7 @@ mod error;
 mod events;
 mod observe;
 pub mod plan;
+mod ports;
 mod types;
 
 pub use apply::WriteCounter;
