@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::cni::NetworkRef;
+
 /// The largest answer accepted; a real one is a few hundred bytes.
 const MAX_RESPONSE: u64 = 64 * 1024;
 /// How much longer than the long poll itself the shim waits for an answer.
@@ -48,10 +50,11 @@ pub struct AgentStatus {
     pub synced: bool,
 }
 
-/// The agent at a socket path.
+/// The agent at a socket path, asked on behalf of one Network's attachment.
 #[derive(Debug, Clone)]
 pub struct Agent {
     socket: PathBuf,
+    network: Option<NetworkRef>,
 }
 
 /// How a wait for a bridge ended.
@@ -68,7 +71,14 @@ impl Agent {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            network: None,
         }
+    }
+
+    /// Asks about bridges as the attachment of `network`: the agent answers Ready
+    /// only for a bridge that belongs to that Network.
+    pub fn for_network(self, network: Option<NetworkRef>) -> Self {
+        Self { network, ..self }
     }
 
     pub fn socket(&self) -> &Path {
@@ -101,9 +111,21 @@ impl Agent {
 
     /// One `GET /v1/bridges/{bridge}`, a long poll when `wait` is given.
     pub fn bridge(&self, bridge: &str, wait: Option<Duration>) -> Result<BridgeStatus, AgentError> {
-        let mut target = format!("/v1/bridges/{}", percent_encode(bridge));
+        let mut params = Vec::new();
+        if let Some(network) = &self.network {
+            // Names and UIDs are checked to need no encoding (cni::parse_network).
+            params.push(format!("network={}", network.name));
+            if let Some(uid) = &network.uid {
+                params.push(format!("uid={uid}"));
+            }
+        }
         if let Some(wait) = wait {
-            target.push_str(&format!("?waitSeconds={:.3}", wait.as_secs_f64()));
+            params.push(format!("waitSeconds={:.3}", wait.as_secs_f64()));
+        }
+        let mut target = format!("/v1/bridges/{}", percent_encode(bridge));
+        if !params.is_empty() {
+            target.push('?');
+            target.push_str(&params.join("&"));
         }
         let io_timeout = wait.unwrap_or_default() + ANSWER_MARGIN;
         let body = self.get(&target, io_timeout)?;

@@ -203,9 +203,20 @@ pub struct NetConf {
     pub bridge: String,
     pub socket: PathBuf,
     pub timeout: Duration,
+    /// The Network the attachment is for: the bridge must belong to it.
+    pub network: Option<NetworkRef>,
     pub log_file: Option<PathBuf>,
     /// The previous plugin's result, exactly as given (never `null`).
     pub prev_result: Option<Box<RawValue>>,
+}
+
+/// The Network an attachment is for (`"network": {"name": ..., "uid": ...}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkRef {
+    /// A Kubernetes object name: lower-case letters, digits, '-' and '.'.
+    pub name: String,
+    /// Its UID (hex digits and '-'), when the configuration gives it.
+    pub uid: Option<String>,
 }
 
 /// One parsed call.
@@ -394,6 +405,12 @@ fn parse_conf(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
         }
     };
 
+    let network = match top.get("network") {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => Some(parse_network(raw.get()).map_err(|why| invalid(format!("network: {why}")))?),
+    };
+
     let log_file = string("logFile")?;
     if let Some(path) = &log_file
         && (!path.starts_with('/') || path.contains('\0'))
@@ -416,9 +433,38 @@ fn parse_conf(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
         bridge,
         socket: PathBuf::from(socket),
         timeout,
+        network,
         log_file: log_file.map(PathBuf::from),
         prev_result,
     })
+}
+
+/// `{"name": "...", "uid": "..."}`, both strings that need no percent-encoding in a
+/// query (the agent refuses other characters too).
+fn parse_network(raw: &str) -> Result<NetworkRef, String> {
+    let obj: BTreeMap<String, Value> =
+        serde_json::from_str(raw).map_err(|_| format!("must be an object with a name, not {raw}"))?;
+    let text = |key: &str| match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("{key} must be a string, not {other}")),
+    };
+    let name = text("name")?.ok_or("name is missing")?;
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !name_ok {
+        return Err(format!("name must be a Kubernetes object name, not {name:?}"));
+    }
+    let uid = text("uid")?;
+    if let Some(uid) = &uid
+        && (uid.is_empty() || uid.len() > 64 || !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+    {
+        return Err(format!("uid must be an object UID, not {uid:?}"));
+    }
+    Ok(NetworkRef { name, uid })
 }
 
 fn incompatible(asked: &str) -> CniError {
@@ -502,6 +548,7 @@ mod tests {
     fn parses_a_full_add() {
         let stdin = r#"{"cniVersion":"1.0.0","name":"gw","type":"nno-cni-shim","bridge":"br-gw",
             "socket":"/var/run/x.sock","timeoutSeconds":2.5,"logFile":"/var/log/shim.log",
+            "network":{"name":"gateway","uid":"6f1c9b2e-0d4a-4e55-9b1a-3c2d1e0f9a8b"},
             "prevResult":{"cniVersion":"1.0.0","ips":[{"address":"192.0.2.1/24"}]},
             "runtimeConfig":{},"args":{"cni":{}}}"#;
         let req = parse(&env("ADD"), stdin.as_bytes()).unwrap();
@@ -515,6 +562,13 @@ mod tests {
         assert_eq!(conf.socket, PathBuf::from("/var/run/x.sock"));
         assert_eq!(conf.timeout, Duration::from_millis(2500));
         assert_eq!(conf.log_file, Some(PathBuf::from("/var/log/shim.log")));
+        assert_eq!(
+            conf.network,
+            Some(NetworkRef {
+                name: "gateway".into(),
+                uid: Some("6f1c9b2e-0d4a-4e55-9b1a-3c2d1e0f9a8b".into())
+            })
+        );
         assert_eq!(
             conf.prev_result.unwrap().get(),
             r#"{"cniVersion":"1.0.0","ips":[{"address":"192.0.2.1/24"}]}"#
@@ -778,6 +832,30 @@ mod tests {
             "s".repeat(107)
         );
         assert_eq!(err(&env("ADD"), &long_socket).code, code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn the_network_must_be_a_name_and_uid_that_need_no_encoding() {
+        let with = |network: &str| {
+            format!(r#"{{"cniVersion":"1.0.0","name":"gw","bridge":"br0","network":{network}}}"#)
+        };
+        let ok = parse(&env("ADD"), with(r#"{"name":"gw.a-1"}"#).as_bytes()).unwrap();
+        assert_eq!(ok.conf.unwrap().network.unwrap().uid, None);
+        let none = parse(&env("ADD"), with("null").as_bytes()).unwrap();
+        assert_eq!(none.conf.unwrap().network, None);
+        for bad in [
+            r#""gw""#,
+            r#"{}"#,
+            r#"{"name":""}"#,
+            r#"{"name":"GW"}"#,
+            r#"{"name":"a&b"}"#,
+            r#"{"name":"gw","uid":"x y"}"#,
+            r#"{"name":"gw","uid":5}"#,
+        ] {
+            let e = err(&env("ADD"), &with(bad));
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {}", e.msg);
+            assert!(e.msg.starts_with("network: "), "{bad}: {}", e.msg);
+        }
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub fn run(env: &Env, stdin: &mut dyn Read) -> Outcome {
 }
 
 fn execute(request: &Request, conf: &NetConf) -> Result<String, CniError> {
-    let agent = Agent::new(&conf.socket);
+    let agent = Agent::new(&conf.socket).for_network(conf.network.clone());
     match request.command {
         Command::Add => match agent.wait_ready(&conf.bridge, conf.timeout) {
             Wait::Ready(_) => Ok(cni::add_result(conf)),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -256,8 +256,45 @@ impl Cluster {
         namespace: &str,
         name: &str,
     ) -> anyhow::Result<(PathBuf, kube::Client)> {
-        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-        use k8s_openapi::api::core::v1::Namespace;
+        self.service_account_token(namespace, name, None).await
+    }
+
+    /// Like [`Cluster::service_account`], with the token bound to Node `node`: the API
+    /// server then authenticates it with the node's name in the user's extra
+    /// (`authentication.kubernetes.io/node-name`), as it does the token of a pod
+    /// scheduled there.
+    pub async fn service_account_on_node(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+    ) -> anyhow::Result<(PathBuf, kube::Client)> {
+        self.service_account_token(namespace, name, Some(("Node", node)))
+            .await
+    }
+
+    /// Like [`Cluster::service_account`], with the token bound to Pod `pod` of the
+    /// same namespace (a pod's own projected token): the user's extra then names the
+    /// pod and, once it is scheduled, its node.
+    pub async fn service_account_in_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: &str,
+    ) -> anyhow::Result<(PathBuf, kube::Client)> {
+        self.service_account_token(namespace, name, Some(("Pod", pod)))
+            .await
+    }
+
+    /// A token of `namespace/name`, bound to an object (`kind`, `name`) when given.
+    async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        bound: Option<(&str, &str)>,
+    ) -> anyhow::Result<(PathBuf, kube::Client)> {
+        use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::{Namespace, Pod};
         let params = PatchParams::apply(MANAGER);
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let ns =
@@ -267,9 +304,32 @@ impl Cluster {
         let sa =
             serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
         accounts.patch(name, &params, &Patch::Apply(&sa)).await?;
+        let bound_object_ref = match bound {
+            Some((kind, object)) => {
+                let meta = match kind {
+                    "Node" => Api::<Node>::all(self.client.clone())
+                        .get(object)
+                        .await
+                        .map(|n| n.metadata),
+                    _ => Api::<Pod>::namespaced(self.client.clone(), namespace)
+                        .get(object)
+                        .await
+                        .map(|p| p.metadata),
+                }
+                .map_err(|e| anyhow::anyhow!("{kind} {object} to bind a token to: {e}"))?;
+                Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some(kind.into()),
+                    name: Some(object.into()),
+                    uid: meta.uid,
+                })
+            }
+            None => None,
+        };
         let request = TokenRequest {
             spec: Some(TokenRequestSpec {
                 expiration_seconds: Some(3600 * 24),
+                bound_object_ref,
                 ..Default::default()
             }),
             ..Default::default()
@@ -281,7 +341,13 @@ impl Cluster {
             .status
             .and_then(|s| s.token)
             .ok_or_else(|| anyhow::anyhow!("TokenRequest returned no token"))?;
-        let path = self.dir.path().join(format!("sa-{namespace}-{name}.kubeconfig"));
+        let path = match bound {
+            Some((kind, object)) => self
+                .dir
+                .path()
+                .join(format!("sa-{namespace}-{name}-{kind}-{object}.kubeconfig")),
+            None => self.dir.path().join(format!("sa-{namespace}-{name}.kubeconfig")),
+        };
         write_kubeconfig(
             &path,
             &self.server(),

@@ -257,8 +257,17 @@ impl SimNode {
         Ok(())
     }
 
+    /// Starts the real agent inside the node as the chart's agent ServiceAccount
+    /// (applied by [`crate::operator::install_rbac`]), with a token bound to this
+    /// node the way the agent pod's own token is: the chart's admission policy lets
+    /// it write this node's NodeNetworkState only.
+    pub async fn start_agent(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        let kubeconfig = crate::operator::agent_kubeconfig(cluster, &self.name).await?;
+        self.start_agent_with(&kubeconfig)
+    }
+
     /// Starts the real agent inside the node with `kubeconfig`.
-    pub fn start_agent(&mut self, kubeconfig: &Path) -> anyhow::Result<()> {
+    pub fn start_agent_with(&mut self, kubeconfig: &Path) -> anyhow::Result<()> {
         assert!(self.agent.is_none(), "agent already running on {}", self.name);
         self.starts += 1;
         let mut cmd = Command::new("ip");

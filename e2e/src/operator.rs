@@ -63,8 +63,8 @@ pub fn render_chart(extra: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
     Ok(docs)
 }
 
-/// Applies the chart's ServiceAccounts and RBAC (not its workloads: the tests run the
-/// binaries as processes, nodes as network namespaces).
+/// Applies the chart's ServiceAccounts, RBAC and admission policy (not its workloads:
+/// the tests run the binaries as processes, nodes as network namespaces).
 pub async fn install_rbac(cluster: &Cluster) -> anyhow::Result<()> {
     let client = cluster.client();
     let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
@@ -77,6 +77,8 @@ pub async fn install_rbac(cluster: &Cluster) -> anyhow::Result<()> {
         "ClusterRoleBinding",
         "Role",
         "RoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ];
     for doc in render_chart(&[])? {
         let kind = doc["kind"].as_str().unwrap_or_default();
@@ -94,7 +96,9 @@ pub async fn install_rbac(cluster: &Cluster) -> anyhow::Result<()> {
             "ClusterRole" => "clusterroles",
             "ClusterRoleBinding" => "clusterrolebindings",
             "Role" => "roles",
-            _ => "rolebindings",
+            "RoleBinding" => "rolebindings",
+            "ValidatingAdmissionPolicy" => "validatingadmissionpolicies",
+            _ => "validatingadmissionpolicybindings",
         };
         let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
         let name = obj.metadata.name.clone().unwrap_or_default();
@@ -117,6 +121,15 @@ pub async fn install_rbac(cluster: &Cluster) -> anyhow::Result<()> {
 pub async fn component_kubeconfig(cluster: &Cluster, component: &str) -> anyhow::Result<PathBuf> {
     let (path, _) = cluster
         .service_account(NAMESPACE, &format!("{FULLNAME}-{component}"))
+        .await?;
+    Ok(path)
+}
+
+/// A kubeconfig of the chart's agent ServiceAccount with a token bound to Node
+/// `node`, as the agent pod on that node has.
+pub async fn agent_kubeconfig(cluster: &Cluster, node: &str) -> anyhow::Result<PathBuf> {
+    let (path, _) = cluster
+        .service_account_on_node(NAMESPACE, &format!("{FULLNAME}-agent"), node)
         .await?;
     Ok(path)
 }

@@ -3,7 +3,6 @@
 //! chart's agent RBAC and its own ServiceAccount token. No controller runs here: each
 //! agent behaviour is shown on its own.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -14,11 +13,10 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn setup() -> (Cluster, PathBuf) {
+async fn setup() -> Cluster {
     let cluster = Cluster::start().await.unwrap();
     operator::install_rbac(&cluster).await.unwrap();
-    let kubeconfig = operator::component_kubeconfig(&cluster, "agent").await.unwrap();
-    (cluster, kubeconfig)
+    cluster
 }
 
 fn network(name: &str, vxlan: Value) -> Network {
@@ -68,11 +66,11 @@ fn ready(status: &Value, names: &[&str]) -> bool {
 }
 
 /// node-a with its agent, and Network gw (multicast VXLAN `vni`) Ready on it.
-async fn node_with_network(cluster: &Cluster, kubeconfig: &std::path::Path, vni: u32) -> SimNode {
+async fn node_with_network(cluster: &Cluster, vni: u32) -> SimNode {
     let mut a = SimNode::create(cluster, "node-a", 1, 1500, &[("gw", "true")])
         .await
         .unwrap();
-    a.start_agent(kubeconfig).unwrap();
+    a.start_agent(cluster).await.unwrap();
     let networks: Api<Network> = Api::all(cluster.client());
     let net = network(
         "gw",
@@ -89,11 +87,11 @@ async fn node_with_network(cluster: &Cluster, kubeconfig: &std::path::Path, vni:
 
 #[tokio::test]
 async fn network_builds_links_reports_ready_and_follows_changes() {
-    let (cluster, kubeconfig) = setup().await;
+    let cluster = setup().await;
     let mut a = SimNode::create(&cluster, "node-a", 1, 1500, &[("gw", "true")])
         .await
         .unwrap();
-    a.start_agent(&kubeconfig).unwrap();
+    a.start_agent(&cluster).await.unwrap();
     let networks: Api<Network> = Api::all(cluster.client());
     networks
         .create(
@@ -116,6 +114,10 @@ async fn network_builds_links_reports_ready_and_follows_changes() {
     assert_eq!(vx["vtepAddress"].as_str(), Some(a.address.to_string().as_str()));
     assert_eq!(vx["observedGeneration"], 1);
     assert_eq!(status["readyInterfaces"], "2/2");
+    // Its text log goes to a file here: no terminal colour codes in it.
+    let log = a.agent_log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in the agent's log file");
     assert!(
         status["conditions"]
             .as_array()
@@ -214,15 +216,15 @@ async fn peers_become(node: &SimNode, vxlan: &str, want: &[&str]) {
 
 #[tokio::test]
 async fn nodes_peer_automatically_and_carry_unicast_vxlan_traffic() {
-    let (cluster, kubeconfig) = setup().await;
+    let cluster = setup().await;
     let mut a = SimNode::create(&cluster, "node-a", 1, 1500, &[("gw", "true")])
         .await
         .unwrap();
     let mut b = SimNode::create(&cluster, "node-b", 2, 1500, &[("gw", "true")])
         .await
         .unwrap();
-    a.start_agent(&kubeconfig).unwrap();
-    b.start_agent(&kubeconfig).unwrap();
+    a.start_agent(&cluster).await.unwrap();
+    b.start_agent(&cluster).await.unwrap();
     let networks: Api<Network> = Api::all(cluster.client());
     networks
         .create(
@@ -257,7 +259,7 @@ async fn nodes_peer_automatically_and_carry_unicast_vxlan_traffic() {
     let mut c = SimNode::create(&cluster, "node-c", 3, 1500, &[("gw", "true")])
         .await
         .unwrap();
-    c.start_agent(&kubeconfig).unwrap();
+    c.start_agent(&cluster).await.unwrap();
     let c_ip = c.address.to_string();
     let joined = Instant::now();
     peers_become(&a, "vxlan200", &[b_ip.as_str(), c_ip.as_str()]).await;
@@ -269,14 +271,74 @@ async fn nodes_peer_automatically_and_carry_unicast_vxlan_traffic() {
     peers_become(&a, "vxlan200", &[b_ip.as_str()]).await;
     peers_become(&b, "vxlan200", &[a_ip.as_str()]).await;
     println!("node-c left every peer list in {:?}", left.elapsed());
-    assert_eq!(c.ifindex("vxlan200"), None);
+    // (The peers drop it as soon as its Node is no longer selected, before its own
+    // agent has removed its VXLAN.)
+    eventually("node-c's VXLAN removed", WAIT, || async {
+        match c.ifindex("vxlan200") {
+            None => Ok(()),
+            Some(i) => Err(format!("ifindex {i}")),
+        }
+    })
+    .await;
     a.exec("ping", &["-c", "1", "-W", "2", "192.168.50.12"]).unwrap();
+
+    // Forged reports (written here as admin): one for a node that does not exist,
+    // one claiming an address its Node does not have. Neither becomes a peer, and
+    // node-a's report says why; the same node reporting its own address does.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client());
+    let z =
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-z", "labels": {"gw": "true"}}});
+    nodes
+        .create(&PostParams::default(), &serde_json::from_value(z).unwrap())
+        .await
+        .unwrap();
+    let addresses = json!({"status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.50"}]}});
+    nodes
+        .patch_status("node-z", &PatchParams::default(), &Patch::Merge(&addresses))
+        .await
+        .unwrap();
+    let states: Api<NodeNetworkState> = Api::all(cluster.client());
+    let forge = |node: &'static str, vtep: &'static str| {
+        let states = states.clone();
+        async move {
+            let obj = json!({"apiVersion": "nno.dev/v1alpha1", "kind": "NodeNetworkState",
+                             "metadata": {"name": node}, "spec": {}});
+            let _ = states
+                .create(&PostParams::default(), &serde_json::from_value(obj).unwrap())
+                .await;
+            let report = json!({"status": {"interfaces": [{
+                "name": "vxlan200", "owner": {"kind": "Network", "name": "gw"}, "kind": "Vxlan",
+                "ready": true, "reason": "Ready", "vtepAddress": vtep}]}});
+            states
+                .patch_status(node, &PatchParams::default(), &Patch::Merge(&report))
+                .await
+                .unwrap();
+        }
+    };
+    forge("node-ghost", "198.18.0.66").await;
+    forge("node-z", "198.18.0.51").await;
+    let status = state_where(&cluster, "node-a", "forged peers named", |s| {
+        iface(s, "vxlan200").is_some_and(|v| {
+            let m = v["message"].as_str().unwrap_or_default();
+            m.contains("node-ghost: no such Node")
+                && m.contains("198.18.0.51 is not an address of Node node-z")
+        })
+    })
+    .await;
+    println!("node-a: {}", iface(&status, "vxlan200").unwrap()["message"]);
+    assert_eq!(
+        fdb_peers(&a, "vxlan200"),
+        vec![b_ip.clone()],
+        "no forged peer in the FDB"
+    );
+    forge("node-z", "198.18.0.50").await;
+    peers_become(&a, "vxlan200", &[b_ip.as_str(), "198.18.0.50"]).await;
 }
 
 #[tokio::test]
 async fn api_server_outage_touches_no_link_and_state_converges_after() {
-    let (mut cluster, kubeconfig) = setup().await;
-    let a = node_with_network(&cluster, &kubeconfig, 300).await;
+    let mut cluster = setup().await;
+    let a = node_with_network(&cluster, 300).await;
     let indexes = (a.ifindex("br-gw"), a.ifindex("vxlan300"));
     let writes = a.agent_metric("nno_agent_netlink_writes_total").await.unwrap();
 
@@ -335,11 +397,11 @@ async fn api_server_outage_touches_no_link_and_state_converges_after() {
 
 #[tokio::test]
 async fn readiness_long_poll_returns_as_the_bridge_becomes_ready() {
-    let (cluster, kubeconfig) = setup().await;
+    let cluster = setup().await;
     let mut a = SimNode::create(&cluster, "node-a", 1, 1500, &[("gw", "true")])
         .await
         .unwrap();
-    a.start_agent(&kubeconfig).unwrap();
+    a.start_agent(&cluster).await.unwrap();
     let networks: Api<Network> = Api::all(cluster.client());
     let net = network(
         "gw",
@@ -395,8 +457,8 @@ async fn readiness_long_poll_returns_as_the_bridge_becomes_ready() {
 
 #[tokio::test]
 async fn agent_restart_makes_no_netlink_or_api_writes_and_no_link_flaps() {
-    let (cluster, kubeconfig) = setup().await;
-    let mut a = node_with_network(&cluster, &kubeconfig, 500).await;
+    let cluster = setup().await;
+    let mut a = node_with_network(&cluster, 500).await;
     // Let the report settle, then remember everything a restart could disturb.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let states: Api<NodeNetworkState> = Api::all(cluster.client());
@@ -409,7 +471,7 @@ async fn agent_restart_makes_no_netlink_or_api_writes_and_no_link_flaps() {
         .spawn()
         .unwrap();
     a.stop_agent();
-    a.start_agent(&kubeconfig).unwrap();
+    a.start_agent(&cluster).await.unwrap();
     eventually("restarted agent synced", WAIT, || async {
         let s = a.readiness("/v1/status").await.map_err(|e| e.to_string())?;
         if s["synced"] == true {
@@ -444,15 +506,15 @@ async fn agent_restart_makes_no_netlink_or_api_writes_and_no_link_flaps() {
 
 #[tokio::test]
 async fn an_ipv6_underlay_peers_and_carries_traffic() {
-    let (cluster, kubeconfig) = setup().await;
+    let cluster = setup().await;
     let mut a = SimNode::create(&cluster, "node-a", 1, 1500, &[("gw", "true")])
         .await
         .unwrap();
     let mut b = SimNode::create(&cluster, "node-b", 2, 1500, &[("gw", "true")])
         .await
         .unwrap();
-    a.start_agent(&kubeconfig).unwrap();
-    b.start_agent(&kubeconfig).unwrap();
+    a.start_agent(&cluster).await.unwrap();
+    b.start_agent(&cluster).await.unwrap();
     let networks: Api<Network> = Api::all(cluster.client());
     let net = network("gw6", json!({"vni": 600, "nodePeers": {"ipFamily": "IPv6"}}));
     networks.create(&PostParams::default(), &net).await.unwrap();
@@ -483,8 +545,8 @@ async fn an_ipv6_underlay_peers_and_carries_traffic() {
 
 #[tokio::test]
 async fn a_deleted_node_state_comes_back_and_a_name_wanted_twice_is_reported_once() {
-    let (cluster, kubeconfig) = setup().await;
-    let a = node_with_network(&cluster, &kubeconfig, 91).await;
+    let cluster = setup().await;
+    let a = node_with_network(&cluster, 91).await;
     let states: Api<NodeNetworkState> = Api::all(cluster.client());
 
     // Deleted by hand: written again at once, not at the node's next change.

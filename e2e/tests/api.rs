@@ -205,6 +205,42 @@ async fn invalid_objects_are_refused_with_the_field_named() {
             &["spec.vxlan.remotes", "unicast"],
         ),
         (
+            "remote is loopback",
+            with(
+                with(n(), "/spec/vxlan/group", Value::Null),
+                "/spec/vxlan/remotes",
+                json!(["127.0.0.1"]),
+            ),
+            &["spec.vxlan.remotes", "loopback"],
+        ),
+        (
+            "remote is link-local",
+            with(
+                with(n(), "/spec/vxlan/group", Value::Null),
+                "/spec/vxlan/remotes",
+                json!(["fe80::1"]),
+            ),
+            &["spec.vxlan.remotes", "link-local"],
+        ),
+        (
+            "remote is the broadcast address",
+            with(
+                with(n(), "/spec/vxlan/group", Value::Null),
+                "/spec/vxlan/remotes",
+                json!(["255.255.255.255"]),
+            ),
+            &["spec.vxlan.remotes", "broadcast"],
+        ),
+        (
+            "remote is unspecified",
+            with(
+                with(n(), "/spec/vxlan/group", Value::Null),
+                "/spec/vxlan/remotes",
+                json!(["0.0.0.0"]),
+            ),
+            &["spec.vxlan.remotes", "unspecified"],
+        ),
+        (
             "remotes of two families",
             with(
                 with(n(), "/spec/vxlan/group", Value::Null),
@@ -362,6 +398,33 @@ async fn invalid_objects_are_refused_with_the_field_named() {
             "Link remote not an IP",
             with(link(), "/spec/vxlan/remoteIPAddress", json!("peer")),
             &["spec.vxlan.remoteIPAddress", "IP address"],
+        ),
+        (
+            "Link remote is loopback",
+            with(link(), "/spec/vxlan/remoteIPAddress", json!("::1")),
+            &["spec.vxlan.remoteIPAddress", "loopback"],
+        ),
+        (
+            "Link remotes link-local",
+            with(
+                with(link(), "/spec/vxlan/remoteIPAddress", Value::Null),
+                "/spec/vxlan/remotes",
+                json!(["169.254.0.9"]),
+            ),
+            &["spec.vxlan.remotes", "link-local"],
+        ),
+        (
+            "Link adopts an unmanaged interface",
+            with(
+                with(
+                    with(link(), "/spec/vxlan", Value::Null),
+                    "/spec/unmanaged",
+                    json!({}),
+                ),
+                "/spec/adopt",
+                json!(true),
+            ),
+            &["spec", "adopt is for bridge and vxlan Links"],
         ),
         (
             "Link remote and remotes",

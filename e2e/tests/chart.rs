@@ -102,3 +102,107 @@ fn chart_ships_the_generated_crds() {
         std::fs::read_to_string(chart).unwrap()
     );
 }
+
+/// Every pod of the chart runs under RuntimeDefault seccomp; every container
+/// (init containers too) drops every capability it does not need, cannot gain
+/// privileges and has a read-only root filesystem; the controller is not root.
+#[test]
+fn chart_pods_are_hardened() {
+    let docs = operator::render_chart(&[]).unwrap();
+    for kind in ["Deployment", "DaemonSet"] {
+        let pod = &docs.iter().find(|d| d["kind"] == kind).unwrap()["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{kind}"
+        );
+        let containers = pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(pod["initContainers"].as_array().into_iter().flatten());
+        for c in containers {
+            let sc = &c["securityContext"];
+            let name = format!("{kind} container {}", c["name"]);
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{name}");
+            assert!(c["resources"]["requests"].is_object(), "{name} has no requests");
+        }
+    }
+    let controller = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(
+        controller["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+        true
+    );
+}
+
+/// The pieces a platform team expects: a PodDisruptionBudget with more than one
+/// controller replica (none with one), the admission policy and its binding, a
+/// ServiceMonitor only when asked for and its API exists, the image by digest.
+#[test]
+fn chart_renders_its_optional_parts_as_asked() {
+    let kinds = |extra: &[&str]| -> Vec<String> {
+        operator::render_chart(extra)
+            .unwrap()
+            .iter()
+            .filter_map(|d| d["kind"].as_str().map(String::from))
+            .collect()
+    };
+    let default = kinds(&[]);
+    for kind in [
+        "PodDisruptionBudget",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "Service",
+    ] {
+        assert!(
+            default.iter().any(|k| k == kind),
+            "{kind} missing from {default:?}"
+        );
+    }
+    assert!(!default.iter().any(|k| k == "ServiceMonitor"));
+    assert!(
+        !kinds(&["--set", "controller.replicas=1"])
+            .iter()
+            .any(|k| k == "PodDisruptionBudget")
+    );
+    let monitor = ["--set", "controller.serviceMonitor.enabled=true"];
+    assert!(
+        !kinds(&monitor).iter().any(|k| k == "ServiceMonitor"),
+        "no ServiceMonitor where the cluster does not serve its API"
+    );
+    let with_api = [
+        &monitor[..],
+        &["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"],
+    ]
+    .concat();
+    assert!(kinds(&with_api).iter().any(|k| k == "ServiceMonitor"));
+
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let docs = operator::render_chart(&["--set", &format!("image.digest={digest}")]).unwrap();
+    for kind in ["Deployment", "DaemonSet"] {
+        let image = &docs.iter().find(|d| d["kind"] == kind).unwrap()["spec"]["template"]["spec"]["containers"]
+            [0]["image"];
+        assert_eq!(
+            image.as_str().unwrap(),
+            format!("ghcr.io/nno-dev/node-network-operator@{digest}")
+        );
+    }
+}
+
+/// values.schema.json refuses values the chart cannot use, naming them.
+#[test]
+fn chart_values_are_checked_by_its_schema() {
+    for (value, field) in [
+        ("logFormat=xml", "logFormat"),
+        ("controller.cniVersion=2.0.0", "cniVersion"),
+        ("controller.replicas=0", "replicas"),
+        ("image.digest=latest", "digest"),
+        ("agent.socketDir=run/nno", "socketDir"),
+        ("controller.replica=2", "replica"),
+    ] {
+        let err = operator::render_chart(&["--set", value]).expect_err(value);
+        let text = format!("{err:#}");
+        assert!(text.contains("schema") && text.contains(field), "{value}: {text}");
+    }
+}

@@ -538,3 +538,67 @@ async fn two_replicas_never_write_at_once() {
     .await;
     let _ = networks.get("gw").await.unwrap().name_any();
 }
+
+/// The leader that cannot renew its Lease (the API server is gone) steps down by
+/// itself before the Lease expires, when another replica that can reach the API
+/// server could take it: there are never two leaders.
+#[tokio::test]
+async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
+    let (mut cluster, kubeconfig) = setup().await;
+    let mut first =
+        operator::start_controller(&cluster, &kubeconfig, "first", &["--lease-duration=4"]).unwrap();
+    let leases: Api<Lease> = Api::namespaced(cluster.client(), operator::NAMESPACE);
+    let lease = || async {
+        leases
+            .get_opt("node-network-operator-controller")
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|l| l.spec)
+            .filter(|s| s.holder_identity.as_deref() == Some("first"))
+            .ok_or("first does not hold the lease".to_string())
+    };
+    eventually("first holds the lease", WAIT, lease).await;
+    // Let it renew at least once.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    cluster.stop_apiserver();
+    let stopped = std::time::Instant::now();
+    while first.exited().is_none() && stopped.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        first.exited().is_some(),
+        "the leader kept leading:\n{}",
+        first.log_tail(40)
+    );
+    // When it stopped leading: the timestamp of its log line saying so.
+    let log = first.log_tail(40);
+    let line = log
+        .lines()
+        .find(|l| l.contains("stepping down as leader"))
+        .unwrap_or_else(|| panic!("no step-down in:\n{log}"));
+    let stamp: jiff::Timestamp = line
+        .split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+    let exited = std::time::SystemTime::from(stamp);
+    println!("{line}");
+
+    cluster.start_apiserver().await.unwrap();
+    let spec = leases
+        .get("node-network-operator-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    let renewed = std::time::SystemTime::from(spec.renew_time.unwrap().0);
+    let expiry = renewed + Duration::from_secs(spec.lease_duration_seconds.unwrap() as u64);
+    let ahead = expiry.duration_since(exited).unwrap_or_else(|e| {
+        panic!(
+            "the leader exited {:?} after its Lease expired (last renewal {renewed:?})",
+            e.duration()
+        )
+    });
+    println!("it stepped down {ahead:?} before its Lease would expire");
+}

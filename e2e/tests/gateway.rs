@@ -4,7 +4,6 @@
 //! sends its traffic through a router pod on another node, across the VXLAN, without
 //! NET_ADMIN; and nno-cni-shim holds an attachment until the node's bridge is Ready.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
@@ -21,7 +20,6 @@ const WAIT: Duration = Duration::from_secs(60);
 struct Product {
     cluster: Cluster,
     cni: Cni,
-    agent_kubeconfig: PathBuf,
     _controller: Process,
 }
 
@@ -32,7 +30,6 @@ async fn product(extra: &[&str]) -> Product {
     let controller_kubeconfig = operator::component_kubeconfig(&cluster, "controller")
         .await
         .unwrap();
-    let agent_kubeconfig = operator::component_kubeconfig(&cluster, "agent").await.unwrap();
     let mut args = cni.controller_args();
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -40,7 +37,6 @@ async fn product(extra: &[&str]) -> Product {
     Product {
         cluster,
         cni,
-        agent_kubeconfig,
         _controller: controller,
     }
 }
@@ -49,7 +45,7 @@ async fn node(p: &Product, name: &str, index: u8, labels: &[(&str, &str)]) -> Si
     let mut node = SimNode::create(&p.cluster, name, index, 1500, labels)
         .await
         .unwrap();
-    node.start_agent(&p.agent_kubeconfig).unwrap();
+    node.start_agent(&p.cluster).await.unwrap();
     node
 }
 
@@ -290,4 +286,87 @@ async fn the_shim_refuses_naming_node_bridge_and_reason() {
     assert!(!pod.has_interface("net1"));
     // DEL of the refused attachment always succeeds.
     pod.del_ok().await.unwrap();
+}
+
+/// A single-node Network `name` on the nodes labelled side=`side`, bridge br-same.
+fn same_bridge(name: &str, side: &str, third_octet: u8) -> Network {
+    serde_json::from_value(json!({
+        "apiVersion": "nno.dev/v1alpha1", "kind": "Network", "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"side": side}},
+            "bridge": {"name": "br-same"},
+            "ipam": {"range": format!("192.168.{third_octet}.0/24")},
+            "attachments": {"namespaces": ["default"], "router": {"address": format!("192.168.{third_octet}.1")}}
+        }
+    }))
+    .unwrap()
+}
+
+/// Two Networks with one bridge name on disjoint nodes: each node's br-same is its
+/// own Network's. A pod attached with the first Network's NAD on a node of the second
+/// is refused by the shim, which says whose bridge it is; on the first's node it
+/// attaches.
+#[tokio::test]
+async fn an_attachment_is_refused_on_another_networks_bridge_of_its_name() {
+    let p = product(&["--shim-timeout=2"]).await;
+    let a = node(&p, "node-a", 1, &[("side", "a")]).await;
+    let b = node(&p, "node-b", 2, &[("side", "b")]).await;
+    create_and_wait_for_nads(&p, &same_bridge("first", "a", 60)).await;
+    create_and_wait_for_nads(&p, &same_bridge("second", "b", 61)).await;
+    for node in [&a, &b] {
+        eventually("br-same Ready", WAIT, || async {
+            let r = node
+                .readiness("/v1/bridges/br-same")
+                .await
+                .map_err(|e| e.to_string())?;
+            (r["ready"] == true).then_some(()).ok_or(r.to_string())
+        })
+        .await;
+    }
+
+    let wrong = Pod::create(
+        &p.cluster,
+        &p.cni,
+        &b,
+        "default",
+        "wrong-node",
+        Some("first-router"),
+    )
+    .await
+    .unwrap();
+    let out = wrong.add().await.unwrap();
+    assert!(!out.success(), "ADD on another Network's bridge must fail");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    for expected in [
+        "OwnedElsewhere",
+        "bridge br-same on node node-b belongs to Network second, not to Network first",
+    ] {
+        assert!(text.contains(expected), "the refusal says {expected:?}:\n{text}");
+    }
+    assert!(!wrong.has_interface("net1"));
+    assert!(!ports(&b, "br-same").iter().any(|p| p.contains("veth")));
+    wrong.del_ok().await.unwrap();
+
+    let right = Pod::create(
+        &p.cluster,
+        &p.cni,
+        &a,
+        "default",
+        "right-node",
+        Some("first-router"),
+    )
+    .await
+    .unwrap();
+    let out = right.add().await.unwrap();
+    assert!(out.success(), "ADD: {}\n{}", out.stdout, out.stderr);
+    assert_eq!(right.ipv4("net1").unwrap().to_string(), "192.168.60.1");
+    right.del_ok().await.unwrap();
+}
+
+fn ports(node: &SimNode, bridge: &str) -> Vec<String> {
+    node.ip(&["-o", "link", "show", "master", bridge])
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
 }

@@ -3,7 +3,6 @@
 //! becomes bridges and VXLANs on the nodes, NADs with the MTU derived from the
 //! nodes' real carriers, and goes away without leaving anything behind.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -18,7 +17,6 @@ const WAIT: Duration = Duration::from_secs(40);
 
 struct Product {
     cluster: Cluster,
-    agent_kubeconfig: PathBuf,
     _controller: Process,
 }
 
@@ -28,11 +26,9 @@ async fn product() -> Product {
     let controller_kubeconfig = operator::component_kubeconfig(&cluster, "controller")
         .await
         .unwrap();
-    let agent_kubeconfig = operator::component_kubeconfig(&cluster, "agent").await.unwrap();
     let controller = operator::start_controller(&cluster, &controller_kubeconfig, "a", &[]).unwrap();
     Product {
         cluster,
-        agent_kubeconfig,
         _controller: controller,
     }
 }
@@ -41,7 +37,7 @@ async fn node(p: &Product, name: &str, index: u8, mtu: u32, labels: &[(&str, &st
     let mut node = SimNode::create(&p.cluster, name, index, mtu, labels)
         .await
         .unwrap();
-    node.start_agent(&p.agent_kubeconfig).unwrap();
+    node.start_agent(&p.cluster).await.unwrap();
     node
 }
 
@@ -218,6 +214,51 @@ async fn a_conflicting_network_changes_nothing_on_the_nodes() {
     assert!(
         nad_mtu(&p.cluster, "second").await.is_err(),
         "no NAD for the newer Network"
+    );
+}
+
+/// One bridge name: a (oldest) on node-a, b on node-a and node-b, c (newest) on
+/// node-b. b loses to a on node-a; so c keeps the name on node-b. The controller and
+/// both agents agree: a's bridge on node-a, c's on node-b, b nowhere and in Conflict.
+#[tokio::test]
+async fn every_node_and_the_controller_agree_on_the_winner() {
+    let p = product().await;
+    let a = node(&p, "node-a", 1, 1500, &[("gw", "true"), ("side", "a")]).await;
+    let b = node(&p, "node-b", 2, 1500, &[("gw", "true"), ("side", "b")]).await;
+    let networks: Api<Network> = Api::all(p.cluster.client());
+    for (name, selector, vni) in [
+        ("a", json!({"side": "a"}), 301),
+        ("b", json!({"gw": "true"}), 302),
+        ("c", json!({"side": "b"}), 303),
+    ] {
+        let mut net = network(name, "br-same", vni);
+        net.spec.node_selector = serde_json::from_value(json!({"matchLabels": selector})).unwrap();
+        net.spec.attachments.name = Some(name.into());
+        net.spec.attachments.router = None;
+        networks.create(&PostParams::default(), &net).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await; // 1 s timestamps
+    }
+    let message = network_condition(&networks, "b", "Conflict", "True", WAIT).await;
+    assert!(message.contains("older Network a"), "{message}");
+    for name in ["a", "c"] {
+        p.cluster
+            .kubectl_ok(&[
+                "wait",
+                "--for=condition=Ready",
+                &format!("network/{name}"),
+                "--timeout=40s",
+            ])
+            .unwrap();
+        let conflict = network_condition(&networks, name, "Conflict", "False", WAIT).await;
+        println!("Network {name}: no conflict ({conflict})");
+    }
+    assert_eq!(a.link("br-same").unwrap()["ifalias"], "nno.dev owner=Network/a");
+    assert_eq!(b.link("br-same").unwrap()["ifalias"], "nno.dev owner=Network/c");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        (a.ifindex("vxlan302"), b.ifindex("vxlan302")),
+        (None, None),
+        "nothing of b on any node"
     );
 }
 

@@ -316,13 +316,12 @@ async fn cni_invocations_see_their_own_nodes_run_directory() {
     let cluster = Cluster::start().await.unwrap();
     let cni = Cni::install(&cluster, &[]).await.unwrap();
     operator::install_rbac(&cluster).await.unwrap();
-    let kubeconfig = operator::component_kubeconfig(&cluster, "agent").await.unwrap();
     let mut a = SimNode::create(&cluster, "node-a", 1, 1500, &[]).await.unwrap();
     let mut b = SimNode::create(&cluster, "node-b", 2, 1500, &[]).await.unwrap();
     for node in [&mut a, &mut b] {
         assert_eq!(node.socket, node.run_dir.join("agent.sock"));
         std::fs::write(node.run_dir.join("marker"), &node.name).unwrap();
-        node.start_agent(&kubeconfig).unwrap();
+        node.start_agent(&cluster).await.unwrap();
     }
     let on = |node: &SimNode, script: String| {
         let mut cmd = cni.node_command(node, Path::new("/bin/sh")).unwrap();

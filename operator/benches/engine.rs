@@ -24,6 +24,7 @@ fn desired() -> Vec<DesiredLink> {
             owner: OWNER.into(),
             kind: DesiredKind::Bridge { mtu: Some(1450) },
             up: true,
+            adopt: false,
         });
         d.push(DesiredLink {
             name: format!("nvx{i}"),
@@ -42,6 +43,7 @@ fn desired() -> Vec<DesiredLink> {
                 master: Some(format!("nbr{i}")),
             }),
             up: true,
+            adopt: false,
         });
     }
     d

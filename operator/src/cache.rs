@@ -5,10 +5,12 @@
 //! replaces them only after a complete relist, so a failing watch never looks like
 //! objects being deleted.
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::Resource;
 use kube::api::{Api, ListParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kube::runtime::utils::Backoff;
@@ -37,41 +39,98 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let driver = async move {
-        let mut events = std::pin::pin!(reflector::reflector(writer, watcher(api, config)));
-        let mut backoff = WatchBackoff::default();
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(watcher::Event::Init) => debug!(kind = K::kind(&()).as_ref(), "listing"),
-                Ok(watcher::Event::InitApply(_)) => {}
-                Ok(watcher::Event::InitDone) => {
-                    debug!(kind = K::kind(&()).as_ref(), "listed");
-                    backoff.reset();
+    let events = reflector::reflector(writer, watcher(api, config));
+    (reader, drive::<K>(events, changed, on_error, || true))
+}
+
+/// Like [`cache`], but each object is cut down by `trim` to the fields its reader
+/// uses before it is stored, and only a change of those is signalled: a cache of
+/// Nodes that keeps their labels and addresses is not woken by every status update.
+pub fn trimmed_cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: watch::Sender<()>,
+    on_error: OnError,
+    trim: fn(&mut K),
+) -> (Store<K>, impl std::future::Future<Output = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + PartialEq
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    // The stream is one pipeline: an event is trimmed and compared with the stored
+    // copy here, then stored by the reflector, then seen by `drive`, before the next.
+    let differs = Arc::new(AtomicBool::new(true));
+    let (store, mark) = (reader.clone(), differs.clone());
+    let trimmed = watcher(api, config).map_ok(move |event| {
+        event.modify(|obj| {
+            trim(obj);
+            let same = store
+                .get(&ObjectRef::from_obj(obj))
+                .is_some_and(|old| *old == *obj);
+            mark.store(!same, Ordering::Relaxed);
+        })
+    });
+    let events = reflector::reflector(writer, trimmed);
+    let driver = drive::<K>(events, changed, on_error, move || differs.load(Ordering::Relaxed));
+    (reader, driver)
+}
+
+/// Runs a reflector's event stream: signals `changed` after the first complete list,
+/// on every deletion and on every update for which `differs` says so; retries failed
+/// watches with [`WatchBackoff`].
+async fn drive<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    changed: watch::Sender<()>,
+    on_error: OnError,
+    differs: impl Fn() -> bool + Send,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    let mut events = std::pin::pin!(events);
+    let mut backoff = WatchBackoff::default();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => debug!(kind = K::kind(&()).as_ref(), "listing"),
+            Ok(watcher::Event::InitApply(_)) => {}
+            Ok(watcher::Event::InitDone) => {
+                debug!(kind = K::kind(&()).as_ref(), "listed");
+                backoff.reset();
+                changed.send_replace(());
+            }
+            Ok(watcher::Event::Apply(_)) => {
+                backoff.reset();
+                if differs() {
                     changed.send_replace(());
-                }
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                    backoff.reset();
-                    changed.send_replace(());
-                }
-                // The server no longer has our resource version (e.g. it restarted):
-                // list again at once, as client-go does; it is not a connectivity error.
-                Err(watcher::Error::WatchError(status)) if status.code == 410 => {
-                    debug!(
-                        kind = K::kind(&()).as_ref(),
-                        "resource version expired; listing again"
-                    );
-                }
-                Err(error) => {
-                    on_error();
-                    let delay = backoff.next().unwrap_or(BACKOFF_MAX);
-                    warn!(%error, kind = K::kind(&()).as_ref(), retry_in = ?delay, "watch failed; keeping the cached objects");
-                    tokio::time::sleep(delay).await;
                 }
             }
+            Ok(watcher::Event::Delete(_)) => {
+                backoff.reset();
+                changed.send_replace(());
+            }
+            // The server no longer has our resource version (e.g. it restarted):
+            // list again at once, as client-go does; it is not a connectivity error.
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                debug!(
+                    kind = K::kind(&()).as_ref(),
+                    "resource version expired; listing again"
+                );
+            }
+            Err(error) => {
+                on_error();
+                let delay = backoff.next().unwrap_or(BACKOFF_MAX);
+                warn!(%error, kind = K::kind(&()).as_ref(), retry_in = ?delay, "watch failed; keeping the cached objects");
+                tokio::time::sleep(delay).await;
+            }
         }
-        warn!(kind = K::kind(&()).as_ref(), "watch stream ended");
-    };
-    (reader, driver)
+    }
+    warn!(kind = K::kind(&()).as_ref(), "watch stream ended");
 }
 
 /// Retry delays of a failed watch: exponential from 250 ms, doubling, capped at 10 s,

@@ -28,6 +28,7 @@ fn bridge(name: &str, mtu: Option<u32>) -> DesiredLink {
         owner: OWNER.into(),
         kind: DesiredKind::Bridge { mtu },
         up: true,
+        adopt: false,
     }
 }
 
@@ -51,6 +52,7 @@ fn vxlan(name: &str, carrier: &str, f: impl FnOnce(&mut VxlanConfig)) -> Desired
         owner: OWNER.into(),
         kind: DesiredKind::Vxlan(c),
         up: true,
+        adopt: false,
     }
 }
 
@@ -471,6 +473,7 @@ async fn kernel_errors_name_the_operation_and_the_interface() {
                 master: Some("br0".into()),
             },
             up: true,
+            adopt: false,
         },
     ];
     let (states, _) = pass(&mut engine, &desired).await;
@@ -800,4 +803,141 @@ async fn a_recreated_bridge_gets_its_pod_ports_back() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let port = ns.link("vethpod2").expect("the pod's port is never deleted");
     assert!(port.get("master").is_none(), "{port}");
+}
+
+/// A pod: a network namespace with `eth0` at `address`, its host end `host` enslaved
+/// to `bridge` in `node`.
+fn pod(node: &Netns, tag: &str, host: &str, bridge: &str, address: &str) -> Netns {
+    let pod = Netns::new(tag);
+    node.ip(&[
+        "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+    ]);
+    node.ip(&["link", "set", host, "master", bridge, "up"]);
+    pod.ip(&["addr", "add", address, "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
+    pod
+}
+
+/// A bridge and VXLAN made with iproute2 the way the Go node-network-operator makes
+/// them (no ownership marker of ours), two pods on the bridge: without adoption the
+/// engine calls them a name conflict and leaves them alone; with it, it takes them
+/// over in place (same ifindex, the pods' ports kept) while a ping between the pods
+/// loses nothing. Settings that cannot change in place are refused, not recreated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_takes_over_an_interface_pair_in_place() {
+    let ns = Netns::new("adopt");
+    ns.veth("under0", "under0p", &["198.18.0.1/24"]);
+    ns.ip(&["link", "add", "br-go", "type", "bridge"]);
+    ns.ip(&["link", "set", "br-go", "up"]);
+    ns.ip(&[
+        "link",
+        "add",
+        "vx-go",
+        "type",
+        "vxlan",
+        "id",
+        "100",
+        "dstport",
+        "4789",
+        "group",
+        "239.1.1.9",
+        "dev",
+        "under0",
+    ]);
+    ns.ip(&["link", "set", "vx-go", "master", "br-go", "up"]);
+    let p1 = pod(&ns, "adopt-p1", "vethp1", "br-go", "192.168.77.1/24");
+    let p2 = pod(&ns, "adopt-p2", "vethp2", "br-go", "192.168.77.2/24");
+    let before = (ns.ifindex("br-go"), ns.ifindex("vx-go"));
+
+    let desired = |adopt: bool| {
+        let mut br = bridge("br-go", None);
+        let mut vx = vxlan("vx-go", "under0", |c| {
+            c.group = Some(ip("239.1.1.9"));
+            c.master = Some("br-go".into());
+        });
+        br.adopt = adopt;
+        vx.adopt = adopt;
+        vec![br, vx]
+    };
+    let mut engine = Engine::in_netns(ns.path()).unwrap();
+    let (states, writes) = pass(&mut engine, &desired(false)).await;
+    assert_eq!(state(&states, "br-go").reason, reason::NAME_CONFLICT);
+    assert_eq!(writes, 0, "left alone");
+
+    // A ping between the pods across the adoption.
+    let ping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &p1.name,
+            "ping",
+            "-q",
+            "-i",
+            "0.01",
+            "-c",
+            "300",
+            "-W",
+            "1",
+            "192.168.77.2",
+        ])
+        .output();
+    let pinger = std::thread::spawn(move || ping);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (states, writes) = pass(&mut engine, &desired(true)).await;
+    assert_all_ready(&states);
+    assert!(writes > 0);
+    let out = pinger.join().unwrap().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    println!(
+        "ping across the adoption: {}",
+        summary.lines().rev().nth(1).unwrap_or_default()
+    );
+    assert!(
+        summary.contains("300 packets transmitted, 300 received"),
+        "{summary}"
+    );
+
+    assert_eq!(
+        (ns.ifindex("br-go"), ns.ifindex("vx-go")),
+        before,
+        "same interfaces"
+    );
+    for port in ["vethp1", "vethp2", "vx-go"] {
+        assert_eq!(ns.link(port).unwrap()["master"], "br-go", "{port} kept");
+    }
+    assert_eq!(alias(&ns.link("br-go").unwrap()), Some(marker(OWNER).as_str()));
+    assert_eq!(
+        pass(&mut engine, &desired(true)).await.1,
+        0,
+        "owned now: nothing more"
+    );
+    drop((p1, p2));
+
+    // Another VNI cannot change in place: refused, the interface left as it is.
+    let ns2 = Netns::new("adopt-refused");
+    ns2.veth("under0", "under0p", &["198.18.0.1/24"]);
+    ns2.ip(&[
+        "link",
+        "add",
+        "vx-go",
+        "type",
+        "vxlan",
+        "id",
+        "101",
+        "dstport",
+        "4789",
+        "group",
+        "239.1.1.9",
+        "dev",
+        "under0",
+    ]);
+    let index = ns2.ifindex("vx-go");
+    let mut engine = Engine::in_netns(ns2.path()).unwrap();
+    let mut vx = vxlan("vx-go", "under0", |c| c.group = Some(ip("239.1.1.9")));
+    vx.adopt = true;
+    let (states, writes) = pass(&mut engine, &[vx]).await;
+    let s = state(&states, "vx-go");
+    assert_eq!(s.reason, reason::ADOPTION_REFUSED, "{}", s.message);
+    assert!(s.message.contains("VNI 101 -> 100"), "{}", s.message);
+    assert_eq!((writes, ns2.ifindex("vx-go")), (0, index));
 }

@@ -30,6 +30,9 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     /// InternalIP addresses from the Node's status.
     pub internal_ips: Vec<IpAddr>,
+    /// Every InternalIP and ExternalIP address from the Node's status: the addresses
+    /// other nodes accept as this node's VTEP.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// One interface the node should have.
@@ -37,6 +40,9 @@ pub struct NodeInfo {
 pub struct Want {
     pub name: String,
     pub owner: Owner,
+    /// The owner's UID (empty when unknown): the readiness API tells a Network's
+    /// bridge from that of an older Network of the same name.
+    pub owner_uid: String,
     pub kind: LinkKind,
     /// Generation of the owner this reflects.
     pub generation: Option<i64>,
@@ -44,6 +50,8 @@ pub struct Want {
     pub link: Option<DesiredLink>,
     /// Why it is not Ready regardless of the engine (reason, message).
     pub hold: Option<(String, String)>,
+    /// What the report says besides the engine's message (e.g. peers refused).
+    pub notes: Vec<String>,
 }
 
 /// Everything the agent reads to decide.
@@ -53,6 +61,9 @@ pub struct Inputs<'a> {
     pub links: &'a [Arc<Link>],
     /// Every node's report, for the VTEP addresses of automatic peers.
     pub reports: &'a BTreeMap<String, NodeNetworkStateStatus>,
+    /// Every Node, by name: a report becomes a peer only if its Node exists, is
+    /// selected by the Network and has the reported address.
+    pub nodes: &'a BTreeMap<String, NodeInfo>,
     /// The engine's last states on this node.
     pub engine: &'a [LinkState],
 }
@@ -78,13 +89,34 @@ pub fn compute(inputs: &Inputs<'_>) -> Vec<Want> {
         .filter(|l| l.meta().deletion_timestamp.is_none() && l.spec.node_selector.matches(&node.labels))
         .collect();
 
-    // Conflicts on this node: the same rule the controller applies cluster-wide.
-    let here = BTreeSet::from([node.name.clone()]);
-    let mut all: Vec<(Claim, BTreeSet<String>)> = live_networks
+    // Conflicts as the controller decides them: every live object's claim over every
+    // node it selects (from the Node cache), not over this node alone. An object that
+    // lost to an older one on another node has lost here too, so that a newer object
+    // it would otherwise beat here keeps its claim, as the controller says.
+    let selected = |selector: &crate::api::LabelSelector| -> BTreeSet<String> {
+        inputs
+            .nodes
+            .values()
+            .chain(std::iter::once(node))
+            .filter(|n| selector.matches(&n.labels))
+            .map(|n| n.name.clone())
+            .collect()
+    };
+    let mut all: Vec<(Claim, BTreeSet<String>)> = Vec::new();
+    for n in inputs
+        .networks
         .iter()
-        .map(|n| (claims::network_claim(n), here.clone()))
-        .collect();
-    all.extend(live_links.iter().map(|l| (claims::link_claim(l), here.clone())));
+        .filter(|n| n.meta().deletion_timestamp.is_none())
+    {
+        all.push((claims::network_claim(n), selected(&n.spec.node_selector)));
+    }
+    for l in inputs
+        .links
+        .iter()
+        .filter(|l| l.meta().deletion_timestamp.is_none())
+    {
+        all.push((claims::link_claim(l), selected(&l.spec.node_selector)));
+    }
     let losers = claims::conflicts(&all);
 
     let mut wants = Vec::new();
@@ -141,9 +173,11 @@ fn network_wants(
                 .then_some(crate::api::network::DEFAULT_LOCAL_MTU)
         });
 
+    let owner_uid = network.meta().uid.clone().unwrap_or_default();
     let mut wants = vec![Want {
         name: bridge.clone(),
         owner: owner.clone(),
+        owner_uid: owner_uid.clone(),
         kind: LinkKind::Bridge,
         generation,
         link: Some(DesiredLink {
@@ -151,8 +185,10 @@ fn network_wants(
             owner: owner_s.clone(),
             kind: DesiredKind::Bridge { mtu },
             up: true,
+            adopt: false,
         }),
         hold: None,
+        notes: Vec::new(),
     }];
     let Some(vx) = &spec.vxlan else { return wants };
     let name = vx.interface_name().to_string();
@@ -160,8 +196,13 @@ fn network_wants(
     let group: Option<IpAddr> = vx.group.as_deref().and_then(|g| g.parse().ok());
     let remotes: Vec<IpAddr> = vx.remotes.iter().filter_map(|r| r.parse().ok()).collect();
     let mut peers: BTreeSet<IpAddr> = remotes.iter().copied().collect();
+    let mut notes = Vec::new();
     if vx.node_peers.is_some() {
-        peers.extend(node_peers(inputs, &owner, &name, family));
+        let (found, refused) = node_peers(inputs, network, &owner, &name, family);
+        peers.extend(found);
+        if !refused.is_empty() {
+            notes.push(format!("peer reports ignored: {}", refused.join("; ")));
+        }
     }
     let own_address = inputs
         .node
@@ -199,6 +240,7 @@ fn network_wants(
                     master: Some(bridge),
                 }),
                 up: true,
+                adopt: false,
             }),
             None,
         ),
@@ -216,26 +258,78 @@ fn network_wants(
     wants.push(Want {
         name,
         owner,
+        owner_uid,
         kind: LinkKind::Vxlan,
         generation,
         link,
         hold,
+        notes,
     });
     wants
 }
 
-/// VTEP addresses the other nodes report for this Network's VXLAN.
-fn node_peers(inputs: &Inputs<'_>, owner: &Owner, vxlan: &str, family: IpFamily) -> Vec<IpAddr> {
-    inputs
-        .reports
-        .iter()
-        .filter(|(node, _)| **node != inputs.node.name)
-        .filter_map(|(_, report)| {
-            let iface = report.interface(vxlan).filter(|i| &i.owner == owner)?;
-            let addr: IpAddr = iface.vtep_address.as_deref()?.parse().ok()?;
-            (IpFamily::of(&addr) == family).then_some(addr)
-        })
-        .collect()
+/// VTEP addresses the other nodes report for this Network's VXLAN, and the reports
+/// refused as peers (node: why). A report is the word of the agent that wrote it; the
+/// Node object is the kubelet's (NodeRestriction confines each kubelet to its own):
+/// only an address the Node itself lists, of a Node the Network selects, becomes a
+/// forwarding peer.
+fn node_peers(
+    inputs: &Inputs<'_>,
+    network: &Network,
+    owner: &Owner,
+    vxlan: &str,
+    family: IpFamily,
+) -> (Vec<IpAddr>, Vec<String>) {
+    let mut peers = Vec::new();
+    let mut refused = Vec::new();
+    for (node, report) in inputs.reports {
+        if *node == inputs.node.name {
+            continue;
+        }
+        let Some(iface) = report.interface(vxlan).filter(|i| &i.owner == owner) else {
+            continue;
+        };
+        let Some(reported) = iface.vtep_address.as_deref() else {
+            continue;
+        };
+        let Ok(addr) = reported.parse::<IpAddr>() else {
+            refused.push(format!("{node}: {reported} is not an IP address"));
+            continue;
+        };
+        if IpFamily::of(&addr) != family {
+            continue;
+        }
+        match peer_refusal(inputs.nodes.get(node), network, addr) {
+            None => peers.push(addr),
+            Some(why) => refused.push(format!("{node}: {why}")),
+        }
+    }
+    (peers, refused)
+}
+
+/// Why `addr`, reported by the agent of `node`, is no peer of `network`; `None` when
+/// it is one.
+fn peer_refusal(node: Option<&NodeInfo>, network: &Network, addr: IpAddr) -> Option<String> {
+    let Some(node) = node else {
+        return Some("no such Node".into());
+    };
+    if !network.spec.node_selector.matches(&node.labels) {
+        return Some(format!(
+            "Node {} is not selected by Network {}",
+            node.name,
+            network.name_any()
+        ));
+    }
+    if !crate::model::vtep::unicast(&addr) {
+        return Some(format!("{addr} is not a unicast address"));
+    }
+    if !node.addresses.contains(&addr) {
+        return Some(format!(
+            "{addr} is not an address of Node {} (its InternalIP and ExternalIP addresses are accepted)",
+            node.name
+        ));
+    }
+    None
 }
 
 fn link_want(link: &Link, resolved: &deps::Resolved) -> Want {
@@ -296,6 +390,7 @@ fn link_want(link: &Link, resolved: &deps::Resolved) -> Want {
     Want {
         name: name.clone(),
         owner: owner.clone(),
+        owner_uid: link.meta().uid.clone().unwrap_or_default(),
         kind,
         generation: link.meta().generation,
         link: desired.map(|kind| DesiredLink {
@@ -303,8 +398,10 @@ fn link_want(link: &Link, resolved: &deps::Resolved) -> Want {
             owner: owner_string(&owner),
             kind,
             up: resolved.up,
+            adopt: spec.adopt,
         }),
         hold,
+        notes: Vec::new(),
     }
 }
 
@@ -316,11 +413,31 @@ mod tests {
     use serde_json::json;
 
     fn node() -> NodeInfo {
+        peer("node-a", "198.18.0.10", true)
+    }
+
+    /// A Node with one InternalIP, selected by `base`'s selector or not.
+    fn peer(name: &str, address: &str, selected: bool) -> NodeInfo {
         NodeInfo {
-            name: "node-a".into(),
-            labels: BTreeMap::from([("gw".to_string(), "true".to_string())]),
-            internal_ips: vec!["198.18.0.10".parse().unwrap()],
+            name: name.into(),
+            labels: BTreeMap::from([("gw".to_string(), selected.to_string())]),
+            internal_ips: vec![address.parse().unwrap()],
+            addresses: vec![address.parse().unwrap()],
         }
+    }
+
+    /// Nodes a to e of the cluster, selected, at 198.18.0.10 to .12, 2001:db8::4, .14.
+    fn cluster_nodes() -> BTreeMap<String, NodeInfo> {
+        [
+            peer("node-a", "198.18.0.10", true),
+            peer("node-b", "198.18.0.11", true),
+            peer("node-c", "198.18.0.12", true),
+            peer("node-d", "2001:db8::4", true),
+            peer("node-e", "198.18.0.14", true),
+        ]
+        .into_iter()
+        .map(|n| (n.name.clone(), n))
+        .collect()
     }
 
     fn network(name: &str, spec: serde_json::Value) -> Arc<Network> {
@@ -349,6 +466,7 @@ mod tests {
             networks,
             links,
             reports,
+            nodes: &cluster_nodes(),
             engine,
         })
     }
@@ -489,6 +607,83 @@ mod tests {
             "other nodes of this network and family, plus remotes; never itself"
         );
         assert_eq!(vx.carrier, Carrier::RouteTo("198.18.0.99".parse().unwrap()));
+    }
+
+    #[test]
+    fn conflicts_are_decided_over_every_node_as_the_controller_does() {
+        // One bridge name: a (oldest) on node-x, b on node-x and node-a, c (newest)
+        // on node-a. b loses to a on node-x, so on node-a c keeps the name.
+        let on = |name: &str, label: &str, created: &str| {
+            let mut spec = base(json!({"vni": u32::from(name.as_bytes()[0]), "group": "239.1.1.1"}));
+            spec["nodeSelector"] = json!({"matchLabels": {label: "1"}});
+            let mut n = (*network(name, spec)).clone();
+            n.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                created.parse().unwrap(),
+            ));
+            Arc::new(n)
+        };
+        let nets = [
+            on("a", "x", "2026-01-01T00:00:00Z"),
+            on("b", "both", "2026-01-02T00:00:00Z"),
+            on("c", "a", "2026-01-03T00:00:00Z"),
+        ];
+        let labels = |l: &[&str]| l.iter().map(|k| (k.to_string(), "1".to_string())).collect();
+        let mut here = node();
+        here.labels = labels(&["a", "both"]);
+        let mut x = peer("node-x", "198.18.0.20", true);
+        x.labels = labels(&["x", "both"]);
+        let nodes = BTreeMap::from([("node-a".to_string(), here.clone()), ("node-x".to_string(), x)]);
+        let wants = compute(&Inputs {
+            node: &here,
+            networks: &nets,
+            links: &[],
+            reports: &BTreeMap::new(),
+            nodes: &nodes,
+            engine: &[],
+        });
+        let owners: BTreeSet<&str> = wants.iter().map(|w| w.owner.name.as_str()).collect();
+        assert_eq!(owners, BTreeSet::from(["c"]), "{wants:?}");
+    }
+
+    #[test]
+    fn forged_peer_reports_never_become_peers() {
+        let nets = [network("gw", base(json!({"vni": 100, "nodePeers": {}})))];
+        let mut nodes = cluster_nodes();
+        nodes.insert("node-x".into(), peer("node-x", "198.18.0.20", false));
+        let reports = BTreeMap::from([
+            ("node-b".to_string(), report(Some("198.18.0.11"), "gw")),
+            // Another node's address, an outside host's, a loopback, a Node that does
+            // not exist, a Node the Network does not select.
+            ("node-c".to_string(), report(Some("198.18.0.11"), "gw")),
+            ("node-e".to_string(), report(Some("203.0.113.9"), "gw")),
+            ("node-d".to_string(), report(Some("127.0.0.1"), "gw")),
+            ("node-gone".to_string(), report(Some("198.18.0.30"), "gw")),
+            ("node-x".to_string(), report(Some("198.18.0.20"), "gw")),
+        ]);
+        let wants = compute(&Inputs {
+            node: &node(),
+            networks: &nets,
+            links: &[],
+            reports: &reports,
+            nodes: &nodes,
+            engine: &[],
+        });
+        let vx = vxlan_config(&wants[1]);
+        assert_eq!(vx.peers, ["198.18.0.11".parse::<IpAddr>().unwrap()]);
+        let note = wants[1].notes.join("\n");
+        for expected in [
+            "node-c: 198.18.0.11 is not an address of Node node-c",
+            "node-e: 203.0.113.9 is not an address of Node node-e",
+            "node-d: 127.0.0.1 is not a unicast address",
+            "node-gone: no such Node",
+            "node-x: Node node-x is not selected by Network gw",
+        ] {
+            assert!(note.contains(expected), "{expected} missing from {note}");
+        }
+        assert!(
+            wants[1].hold.is_none(),
+            "refused peers do not hold this node's VXLAN"
+        );
     }
 
     #[test]

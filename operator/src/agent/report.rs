@@ -7,8 +7,9 @@ use super::desired::Want;
 use crate::api::common::{condition, set_condition, status};
 use crate::api::node_state::{InterfaceState, NodeNetworkStateStatus, OwnerKind};
 use crate::api::{InterfaceName, LinkKind, condition as cond};
+use crate::model::vtep;
 use crate::netlink::LinkState;
-use crate::readiness::BridgeReadiness;
+use crate::readiness::{BridgeOwner, BridgeReadiness};
 
 /// Reasons of the agent's own making.
 pub mod reason {
@@ -33,6 +34,15 @@ fn interface_state(want: &Want, engine: Option<&LinkState>) -> InterfaceState {
         reason = r.clone();
         message = m.clone();
     }
+    for note in &want.notes {
+        if !message.is_empty() {
+            message.push_str("; ");
+        }
+        message.push_str(note);
+    }
+    // Only values the schema accepts: one out of bounds would make the API server
+    // refuse the node's whole report.
+    let mtu_ok = |m: &u32| vtep::MTU.contains(m);
     InterfaceState {
         // The schema and the engine both validate names; a bad one cannot get here.
         name: InterfaceName::new(want.name.clone())
@@ -42,12 +52,15 @@ fn interface_state(want: &Want, engine: Option<&LinkState>) -> InterfaceState {
         ready,
         reason,
         message,
-        mtu: engine.and_then(|s| s.mtu),
+        mtu: engine.and_then(|s| s.mtu).filter(mtu_ok),
         carrier: engine
             .and_then(|s| s.carrier.clone())
             .and_then(|c| InterfaceName::new(c).ok()),
-        carrier_mtu: engine.and_then(|s| s.carrier_mtu),
-        vtep_address: engine.and_then(|s| s.local_address).map(|a| a.to_string()),
+        carrier_mtu: engine.and_then(|s| s.carrier_mtu).filter(mtu_ok),
+        vtep_address: engine
+            .and_then(|s| s.local_address)
+            .filter(vtep::unicast)
+            .map(|a| a.to_string()),
         observed_generation: want.generation,
     }
 }
@@ -111,7 +124,16 @@ pub fn node_status(
 /// Readiness of every bridge the node manages, for nno-cni-shim: a Network's bridge
 /// is Ready when its bridge and its VXLAN both are (a pod on a bridge without its
 /// VXLAN would reach no other node); a Link bridge when the bridge is.
-pub fn bridges(status: &NodeNetworkStateStatus) -> Vec<(String, BridgeReadiness)> {
+pub fn bridges(status: &NodeNetworkStateStatus, wants: &[Want]) -> Vec<(String, BridgeReadiness)> {
+    let owner_of = |bridge: &InterfaceState| BridgeOwner {
+        kind: bridge.owner.kind_str().to_string(),
+        name: bridge.owner.name.clone(),
+        uid: wants
+            .iter()
+            .find(|w| w.owner == bridge.owner)
+            .map(|w| w.owner_uid.clone())
+            .unwrap_or_default(),
+    };
     status
         .interfaces
         .iter()
@@ -132,7 +154,7 @@ pub fn bridges(status: &NodeNetworkStateStatus) -> Vec<(String, BridgeReadiness)
                     BridgeReadiness::not_ready(i.reason.clone(), format!("{}: {message}", i.name))
                 }
             };
-            (bridge.name.to_string(), readiness)
+            (bridge.name.to_string(), readiness.owned_by(owner_of(bridge)))
         })
         .collect()
 }
@@ -150,10 +172,12 @@ mod tests {
                 kind: OwnerKind::Network,
                 name: owner.into(),
             },
+            owner_uid: format!("uid-{owner}"),
             kind,
             generation: Some(4),
             link: None,
             hold: hold.map(|(r, m)| (r.into(), m.into())),
+            notes: Vec::new(),
         }
     }
 
@@ -242,10 +266,14 @@ mod tests {
             None,
         );
         assert_eq!(
-            bridges(&up),
+            bridges(&up, &wants),
             vec![(
                 "br-gw".to_string(),
-                BridgeReadiness::ready("bridge br-gw is Ready")
+                BridgeReadiness::ready("bridge br-gw is Ready").owned_by(BridgeOwner {
+                    kind: "Network".into(),
+                    name: "gw".into(),
+                    uid: "uid-gw".into()
+                })
             )]
         );
         let carrierless = node_status(
@@ -256,7 +284,7 @@ mod tests {
             ],
             None,
         );
-        let (name, r) = &bridges(&carrierless)[0];
+        let (name, r) = &bridges(&carrierless, &wants)[0];
         assert_eq!(name, "br-gw");
         assert!(!r.ready);
         assert_eq!(r.reason, "CarrierMissing");

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::future;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -30,10 +31,10 @@ use tracing::{Instrument, error, info, info_span, instrument, warn};
 use super::desired::{self, Inputs, NodeInfo};
 use super::metrics::{Metrics, OpLabel, StateLabel};
 use super::{MANAGER, report};
+use crate::api::common::differs;
 use crate::api::node_state::NodeNetworkStateStatus;
 use crate::api::{Link, Network, NodeNetworkState};
-use crate::cache::{NNO_CRDS, OnError, READY_POLL, cache, check_listable, is_ready};
-use crate::controller::status::differs;
+use crate::cache::{NNO_CRDS, OnError, READY_POLL, cache, check_listable, is_ready, trimmed_cache};
 use crate::netlink::{Applied, DesiredLink, Engine, LinkState};
 use crate::readiness::{self, Readiness};
 use crate::telemetry;
@@ -93,6 +94,48 @@ pub async fn run(client: kube::Client, args: Args) -> anyhow::Result<()> {
     outcome
 }
 
+/// What the agent reads of a Node: name, UID (its report's owner), labels (the
+/// selectors) and addresses (the carrier; the peers' VTEPs). The rest (images,
+/// conditions, heartbeats) is dropped before it is cached, and changes to it wake
+/// nothing.
+fn trim_node(node: &mut Node) {
+    let meta = std::mem::take(&mut node.metadata);
+    node.metadata = ObjectMeta {
+        name: meta.name,
+        uid: meta.uid,
+        labels: meta.labels,
+        ..Default::default()
+    };
+    node.spec = None;
+    let addresses = node.status.take().and_then(|s| s.addresses);
+    node.status = Some(NodeStatus {
+        addresses,
+        ..Default::default()
+    });
+}
+
+fn node_info(node: &Node) -> NodeInfo {
+    let addresses = || {
+        node.status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+    };
+    let parsed = |types: &[&str]| {
+        addresses()
+            .filter(|a| types.contains(&a.type_.as_str()))
+            .filter_map(|a| a.address.parse().ok())
+            .collect()
+    };
+    NodeInfo {
+        name: node.name_any(),
+        labels: node.labels().clone(),
+        internal_ips: parsed(&["InternalIP"]),
+        addresses: parsed(&["InternalIP", "ExternalIP"]),
+    }
+}
+
 struct Agent {
     client: kube::Client,
     node: String,
@@ -119,14 +162,16 @@ impl Agent {
         let on_error: OnError = Arc::new(move || {
             errors.get_or_create(&OpLabel { op: "watch" }).inc();
         });
-        let own_node = watcher::Config::default().fields(&format!("metadata.name={node}"));
-        let (nodes, a) = cache(
+        let config = watcher::Config::default;
+        // Every Node, cut down to what the agent reads: its own labels and addresses,
+        // and the peers' (whose reported VTEPs must be theirs).
+        let (nodes, a) = trimmed_cache(
             Api::<Node>::all(client.clone()),
-            own_node,
+            config(),
             tx.clone(),
             on_error.clone(),
+            trim_node,
         );
-        let config = watcher::Config::default;
         let (networks, b) = cache(
             Api::<DeserializeGuard<Network>>::all(client.clone()),
             config(),
@@ -172,21 +217,17 @@ impl Agent {
             .state()
             .into_iter()
             .find(|n| n.name_any() == self.node)?;
-        let internal_ips = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|a| a.type_ == "InternalIP")
-            .filter_map(|a| a.address.parse().ok())
-            .collect();
-        let info = NodeInfo {
-            name: self.node.clone(),
-            labels: node.labels().clone(),
-            internal_ips,
-        };
+        let info = node_info(&node);
         Some((node, info))
+    }
+
+    /// Every Node the agent knows, by name.
+    fn cluster_nodes(&self) -> BTreeMap<String, NodeInfo> {
+        self.nodes
+            .state()
+            .iter()
+            .map(|n| (n.name_any(), node_info(n)))
+            .collect()
     }
 
     fn reports(&self) -> BTreeMap<String, NodeNetworkStateStatus> {
@@ -213,11 +254,13 @@ impl Agent {
             return Err(unreadable.join("; "));
         }
         let reports = self.reports();
+        let nodes = self.cluster_nodes();
         let inputs = Inputs {
             node: info,
             networks: &networks,
             links: &links,
             reports: &reports,
+            nodes: &nodes,
             engine,
         };
         let wants = desired::compute(&inputs);
@@ -327,7 +370,7 @@ impl Agent {
         states: &[LinkState],
     ) {
         let status = report::node_status(wants, states, writer.last.as_ref());
-        self.readiness.update(report::bridges(&status));
+        self.readiness.update(report::bridges(&status, wants));
         self.readiness.set_synced(true);
         let ready = status.interfaces.iter().filter(|i| i.ready).count() as i64;
         self.metrics

@@ -251,6 +251,22 @@ pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// Whether two statuses differ in anything but condition timestamps: a steady state
+/// makes no status writes (the controller's and the agents' alike).
+pub fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    fn strip(mut v: serde_json::Value) -> serde_json::Value {
+        if let Some(conditions) = v.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+            for c in conditions {
+                if let Some(obj) = c.as_object_mut() {
+                    obj.remove("lastTransitionTime");
+                }
+            }
+        }
+        v
+    }
+    strip(serde_json::to_value(a).unwrap_or_default()) != strip(serde_json::to_value(b).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

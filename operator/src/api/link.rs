@@ -42,6 +42,9 @@ use super::network::DEFAULT_VXLAN_PORT;
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "(has(self.bridge) ? 1 : 0) + (has(self.vxlan) ? 1 : 0) + (has(self.unmanaged) ? 1 : 0) == 1",
     "message": "exactly one of bridge, vxlan or unmanaged must be set"
+}, {
+    "rule": "!(has(self.adopt) && self.adopt && has(self.unmanaged))",
+    "message": "adopt is for bridge and vxlan Links: an unmanaged interface is never owned"
 }]))]
 pub struct LinkSpec {
     /// Name of the interface on the node.
@@ -63,6 +66,15 @@ pub struct LinkSpec {
     /// or deleted, only referred to (as a carrier), or enslaved to `master` when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmanaged: Option<LinkUnmanaged>,
+
+    /// Take over an interface of this name that nno did not create (e.g. one made by
+    /// the Go node-network-operator) when it is of this kind and its settings match
+    /// or can change in place: it keeps its ifindex and its ports (the pods' traffic
+    /// goes on) and from then on belongs to this Link, which deletes it when it is
+    /// deleted. Off by default: such an interface is otherwise a name conflict and
+    /// left alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 /// Bridge settings.
@@ -89,7 +101,7 @@ pub struct LinkVxlan {
 
     /// Remote VTEP: a unicast address, or a multicast group.
     #[serde(default, rename = "remoteIPAddress", skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 45), extend("x-kubernetes-validations" = super::ip_rules()))]
+    #[schemars(length(max = 45), extend("x-kubernetes-validations" = super::vtep_or_group_rules()))]
     pub remote_ip_address: Option<String>,
 
     /// Unicast peers, programmed as all-zero FDB entries (head-end replication).

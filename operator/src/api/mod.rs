@@ -56,12 +56,38 @@ fn ip_rules() -> serde_json::Value {
     }])
 }
 
-/// CEL rules of a list of unicast VTEP addresses.
+/// CEL rules of a VTEP address that may also be a multicast group (a Link's
+/// `remoteIPAddress`): no loopback, link-local, broadcast or unspecified address,
+/// which no remote VTEP can have.
+fn vtep_or_group_rules() -> serde_json::Value {
+    serde_json::json!([
+        {
+            "rule": "isIP(self)",
+            "message": "must be an IP address such as 192.168.50.1 or 2001:db8::1"
+        },
+        {
+            "rule": "!isIP(self) || ip(self).isGlobalUnicast() || cidr('224.0.0.0/4').containsIP(self) || cidr('ff00::/8').containsIP(self)",
+            "message": "must be a unicast address of another host or a multicast group, not loopback, link-local, broadcast or unspecified"
+        }
+    ])
+}
+
+/// CEL rules of one unicast VTEP address (a node's report).
+fn vtep_rules() -> serde_json::Value {
+    serde_json::json!([{
+        "rule": "isIP(self) && ip(self).isGlobalUnicast()",
+        "message": "must be a unicast IP address, not multicast, loopback, link-local, broadcast or unspecified"
+    }])
+}
+
+/// CEL rules of a list of unicast VTEP addresses. `isGlobalUnicast` is false for
+/// multicast, loopback, link-local, the limited broadcast and the unspecified
+/// address (and true for private ranges).
 fn unicast_list_rules() -> serde_json::Value {
     serde_json::json!([
         {
-            "rule": "self.all(x, isIP(x) && !cidr('224.0.0.0/4').containsIP(x) && !cidr('ff00::/8').containsIP(x))",
-            "message": "every entry must be a unicast IP address"
+            "rule": "self.all(x, isIP(x) && ip(x).isGlobalUnicast())",
+            "message": "every entry must be a unicast IP address of another host, not multicast, loopback, link-local, broadcast or unspecified"
         },
         {
             "rule": "self.all(x, !isIP(x) || !isIP(self[0]) || ip(x).family() == ip(self[0]).family())",

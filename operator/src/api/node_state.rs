@@ -46,9 +46,13 @@ pub struct NodeNetworkStateStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
-    /// One entry per interface wanted on the node.
+    /// One entry per interface wanted on the node (at most 4096: the bound keeps the
+    /// cost of the schema's address rules within the API server's budget).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(
+        length(max = 4096),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
     pub interfaces: Vec<InterfaceState>,
 
     /// `ready/managed` interfaces, for display.
@@ -73,17 +77,20 @@ pub struct InterfaceState {
     /// What a person can do about it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
-    /// MTU of the interface.
+    /// MTU of the interface (65536 is the loopback's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 68, max = 65536))]
     pub mtu: Option<u32>,
     /// The carrier of a VXLAN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carrier: Option<InterfaceName>,
     /// MTU of the carrier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 68, max = 65536))]
     pub carrier_mtu: Option<u32>,
     /// Local VTEP address of a VXLAN (the carrier's address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 45), extend("x-kubernetes-validations" = super::vtep_rules()))]
     pub vtep_address: Option<String>,
     /// Generation of the owner this state reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]

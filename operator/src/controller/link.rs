@@ -52,7 +52,7 @@ pub async fn reconcile(link: Arc<Link>, ctx: Arc<Context>) -> Result<Action> {
         &contested,
         old,
     );
-    if old.is_none_or(|old| status::differs(old, &new)) {
+    if old.is_none_or(|old| crate::api::common::differs(old, &new)) {
         let api: Api<Link> = Api::all(ctx.client.clone());
         let body = json!({"apiVersion": "nno.dev/v1alpha1", "kind": "Link", "status": new});
         api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))

@@ -3,6 +3,7 @@
 //! leader-elected through a coordination Lease so that two replicas are safe.
 
 pub mod context;
+pub mod lease;
 pub mod link;
 pub mod metrics;
 pub mod nad;

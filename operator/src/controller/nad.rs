@@ -159,6 +159,12 @@ pub fn render(
 
 fn conflist(name: &str, network: &Network, mtu: u32, settings: &Settings, ipam: Value) -> Value {
     let bridge = network.spec.bridge.name.as_str();
+    // The shim asks the agent whether this Network's bridge is Ready, not merely a
+    // bridge of that name (another Network's or a Link's on some node).
+    let mut owner = json!({"name": network.name_any()});
+    if let Some(uid) = &network.metadata.uid {
+        owner["uid"] = json!(uid);
+    }
     json!({
         "cniVersion": settings.cni_version.as_str(),
         "name": name,
@@ -166,6 +172,7 @@ fn conflist(name: &str, network: &Network, mtu: u32, settings: &Settings, ipam: 
             {
                 "type": "nno-cni-shim",
                 "bridge": bridge,
+                "network": owner,
                 "socket": settings.shim_socket,
                 "timeoutSeconds": settings.shim_timeout_seconds,
             },
@@ -305,7 +312,7 @@ mod tests {
                 "cniVersion": "1.0.0",
                 "name": "clients",
                 "plugins": [
-                    {"type": "nno-cni-shim", "bridge": "br-gw", "socket": "/run/nno/agent.sock", "timeoutSeconds": 20},
+                    {"type": "nno-cni-shim", "bridge": "br-gw", "network": {"name": "gw"}, "socket": "/run/nno/agent.sock", "timeoutSeconds": 20},
                     {
                         "type": "bridge", "bridge": "br-gw", "mtu": 1450,
                         "isGateway": false, "isDefaultGateway": false, "forceAddress": false,

@@ -180,7 +180,7 @@ async fn apply(network: &Network, ctx: &Context) -> Result<Action> {
     let old = network.status.as_ref();
     let new = status::network_status(&facts, old);
     announce(network, ctx, old, &new, &effective).await;
-    if old.is_none_or(|old| status::differs(old, &new)) {
+    if old.is_none_or(|old| crate::api::common::differs(old, &new)) {
         write_status(&name, ctx, &new).await?;
     }
     Ok(Action::requeue(RESYNC))

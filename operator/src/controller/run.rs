@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, future};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::Api;
@@ -123,10 +124,22 @@ pub async fn run(client: kube::Client, args: Args) -> anyhow::Result<()> {
             let _ = leader.wait_for(|l| !*l).await;
         }
     };
+    // Step down before another replica may take an expired Lease, also while the
+    // lease manager cannot tell (it cannot reach the API server to renew).
+    let duration = Duration::from_secs(args.lease_duration);
+    // Half the lease manager's grace (it renews `grace` before expiry).
+    let margin = Duration::from_secs((args.lease_duration / 3).max(1)) / 2;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
+    let lease_name = args.lease_name.clone();
+    let unconfirmed = super::lease::step_down(leases, &lease_name, &identity, duration, margin);
     let outcome = tokio::select! {
         _ = controllers(client, args, metrics.clone()) => Ok(()),
         _ = telemetry::shutdown_signal() => Ok(()),
         _ = lost => Err(anyhow::anyhow!("lost the leader Lease: exiting so that a restart competes again")),
+        why = unconfirmed => {
+            error!(%why, "stepping down as leader");
+            Err(anyhow::anyhow!("stepped down as leader: {why}; exiting so that a restart competes again"))
+        }
     };
     metrics.leader.set(0);
     ready.set(false);

@@ -325,26 +325,11 @@ pub fn link_status(
     }
 }
 
-/// Whether two statuses differ in anything but condition timestamps: a steady state
-/// makes no status writes.
-pub fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
-    fn strip(mut v: serde_json::Value) -> serde_json::Value {
-        if let Some(conditions) = v.get_mut("conditions").and_then(|c| c.as_array_mut()) {
-            for c in conditions {
-                if let Some(obj) = c.as_object_mut() {
-                    obj.remove("lastTransitionTime");
-                }
-            }
-        }
-        v
-    }
-    strip(serde_json::to_value(a).unwrap_or_default()) != strip(serde_json::to_value(b).unwrap_or_default())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::InterfaceName;
+    use crate::api::common::differs;
     use crate::api::common::find_condition;
     use crate::api::link::LinkKind;
     use crate::api::node_state::{InterfaceState, OwnerKind};

@@ -2,9 +2,10 @@
 //! interface name, or the same VXLAN VNI, on one node. The older object keeps its
 //! claim; the newer one is in conflict and nothing on the node changes for it.
 //!
-//! The controller evaluates this over all nodes (to set the `Conflict` condition) and
-//! each agent over its own node (to leave the loser's links alone), with the same
-//! function, so both always agree.
+//! The controller (to set the `Conflict` condition) and every agent (to leave the
+//! loser's links alone) evaluate this with the same function over the same input:
+//! every live object's claim over every node it selects. So all agree, also where
+//! an object lost on one node and a newer one it overlaps elsewhere therefore wins.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -4,3 +4,4 @@
 pub mod claims;
 pub mod mtu;
 pub mod routes;
+pub mod vtep;

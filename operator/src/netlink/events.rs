@@ -187,6 +187,7 @@ mod tests {
                 master: Some("br0".into()),
             }),
             up: true,
+            adopt: false,
         }
     }
 

@@ -52,13 +52,13 @@
 //! let mut engine = Engine::new()?;
 //! let desired = vec![
 //!     DesiredLink { name: "br-gw".into(), owner: "Network/gw".into(),
-//!                   kind: DesiredKind::Bridge { mtu: Some(1450) }, up: true },
+//!                   kind: DesiredKind::Bridge { mtu: Some(1450) }, up: true, adopt: false },
 //!     DesiredLink { name: "vx-gw".into(), owner: "Network/gw".into(), up: true,
 //!                   kind: DesiredKind::Vxlan(VxlanConfig {
 //!                       vni: 100, port: 4789, source_ports: None, learning: true, ttl: None,
 //!                       group: None, remote: None, peers: vec!["198.18.0.2".parse().unwrap()],
 //!                       carrier: Carrier::RouteTo("198.18.0.2".parse().unwrap()),
-//!                       mtu: None, master: Some("br-gw".into()) }) },
+//!                       mtu: None, master: Some("br-gw".into()) }), adopt: false },
 //! ];
 //! for state in engine.reconcile(&desired).await {
 //!     println!("{}: {} {}", state.name, state.reason, state.message);

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use super::types::{
     Carrier, DesiredKind, DesiredLink, Family, LinkState, MIN_MTU, Observed, ObservedKind, ObservedLink,
-    ObservedVxlan, OperState, VxlanConfig, marker, reason,
+    ObservedVxlan, OperState, VxlanConfig, marker, marker_owner, reason,
 };
 
 /// Largest MTU the kernel accepts for a bridge or VXLAN.
@@ -377,6 +377,27 @@ impl<'a> Context<'a> {
         match self.observed.links.get(&d.name) {
             None => Ok(None),
             Some(l) if l.owned() => Ok(Some(l)),
+            Some(l) if d.adopt => {
+                let same_kind = matches!(
+                    (&d.kind, &l.kind),
+                    (DesiredKind::Bridge { .. }, ObservedKind::Bridge { .. })
+                        | (DesiredKind::Vxlan(_), ObservedKind::Vxlan(_))
+                );
+                if same_kind {
+                    Ok(Some(l))
+                } else {
+                    Err(Problem::new(
+                        reason::ADOPTION_REFUSED,
+                        format!(
+                            "interface {} exists ({}), not made by nno, and is not the kind {} asks for: it is not adopted; remove it or change {}",
+                            d.name,
+                            l.kind.describe(),
+                            d.owner,
+                            d.owner
+                        ),
+                    ))
+                }
+            }
             Some(l) => Err(Problem::new(
                 reason::NAME_CONFLICT,
                 format!(
@@ -399,8 +420,16 @@ impl<'a> Context<'a> {
             }
         };
         let mut attrs = SetAttrs::default();
+        // A bridge made for another owner (the object that held the name was
+        // deleted) is made again: its ports are the old owner's pods', which must
+        // not join the new owner's network.
+        // (A bridge without a marker here is one being adopted.)
+        let made_for = |l: &ObservedLink| l.alias.as_deref().and_then(marker_owner).map(str::to_string);
         match existing {
-            Some(l) if matches!(l.kind, ObservedKind::Bridge { .. }) => {
+            Some(l)
+                if matches!(l.kind, ObservedKind::Bridge { .. })
+                    && made_for(l).is_none_or(|owner| owner == d.owner) =>
+            {
                 if matches!(l.kind, ObservedKind::Bridge { stp: true }) {
                     lp.steps.push(Step::StpOff { name: d.name.clone() });
                 }
@@ -408,9 +437,16 @@ impl<'a> Context<'a> {
             }
             other => {
                 if let Some(l) = other {
+                    let why = match (&l.kind, made_for(l)) {
+                        (ObservedKind::Bridge { .. }, Some(old)) => format!(
+                            "recreate: it was made for {old}, and {} wants it now; the ports stay off it",
+                            d.owner
+                        ),
+                        _ => format!("recreate: it is a {}, not a bridge", l.kind.describe()),
+                    };
                     lp.steps.push(Step::Delete {
                         name: d.name.clone(),
-                        why: format!("recreate: it is a {}, not a bridge", l.kind.describe()),
+                        why,
                     });
                 }
                 self.fresh.insert(d.name.clone());
@@ -492,6 +528,18 @@ impl<'a> Context<'a> {
             ObservedKind::Vxlan(v) if recreate.is_none() => Some((l, v)),
             _ => None,
         });
+        if let (Some(l), Some(why)) = (existing, &recreate)
+            && !l.owned()
+        {
+            lp.problem = Some(Problem::new(
+                reason::ADOPTION_REFUSED,
+                format!(
+                    "interface {} exists, not made by nno, and differs from what {} asks for in what cannot change in place ({why}): it is not adopted; make the two match or remove the interface",
+                    d.name, d.owner
+                ),
+            ));
+            return;
+        }
         match in_place {
             Some((l, v)) => {
                 let change = vxlan_change(v, &params, carrier.link.index, family);
@@ -956,6 +1004,7 @@ mod tests {
             owner: OWNER.into(),
             kind: DesiredKind::Bridge { mtu },
             up: true,
+            adopt: false,
         }
     }
 
@@ -983,6 +1032,7 @@ mod tests {
             owner: OWNER.into(),
             kind: DesiredKind::Vxlan(c),
             up: true,
+            adopt: false,
         }
     }
 
@@ -994,6 +1044,7 @@ mod tests {
                 master: master.map(String::from),
             },
             up: true,
+            adopt: false,
         }
     }
 
@@ -1149,14 +1200,6 @@ mod tests {
                     ..SetAttrs::default()
                 },
             ),
-            (
-                "owner changed",
-                Box::new(|l| l.alias = Some("nno.dev owner=Link/br0".into())),
-                SetAttrs {
-                    alias: Some(marker(OWNER)),
-                    ..SetAttrs::default()
-                },
-            ),
         ];
         for (what, drift, want) in cases {
             let mut l = owned(olink(5, "br0", ObservedKind::Bridge { stp: false }));
@@ -1164,6 +1207,19 @@ mod tests {
             let p = plan(&[bridge("br0", Some(1500))], &node(vec![l]));
             assert_eq!(only(&p).steps, vec![set("br0", want)], "{what}");
         }
+    }
+
+    #[test]
+    fn a_bridge_made_for_another_owner_is_made_again() {
+        let mut l = owned(olink(5, "br0", ObservedKind::Bridge { stp: false }));
+        l.alias = Some(marker("Link/br0"));
+        let p = plan(&[bridge("br0", Some(1500))], &node(vec![l]));
+        let steps = &only(&p).steps;
+        assert!(
+            matches!(&steps[0], Step::Delete { why, .. } if why.contains("made for Link/br0")),
+            "{steps:?}"
+        );
+        assert_eq!(steps[1], Step::CreateBridge { name: "br0".into() });
     }
 
     #[test]

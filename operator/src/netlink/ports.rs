@@ -11,12 +11,26 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::plan::{MasterChange, Plan, SetAttrs, Step};
-use super::types::{DesiredKind, DesiredLink, Observed, ObservedKind};
+use super::types::{DesiredKind, DesiredLink, Observed, ObservedKind, marker};
 
-/// Foreign ports by bridge name: interface index -> name when last seen.
+/// Foreign ports by bridge name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct PortMemory {
-    by_bridge: BTreeMap<String, BTreeMap<u32, String>>,
+    by_bridge: BTreeMap<String, Remembered>,
+}
+
+/// What is remembered of one bridge.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Remembered {
+    /// The owner the bridge is desired for.
+    owner: String,
+    /// Whether this engine has seen the bridge carry that owner's marker: only then
+    /// are its ports that owner's pods'. A bridge that still carries another owner's
+    /// marker is being handed over (e.g. the Network that won its name was deleted):
+    /// its ports are the old owner's pods', and are never attached to the new one's.
+    held: bool,
+    /// Interface index -> name when last seen.
+    ports: BTreeMap<u32, String>,
 }
 
 impl PortMemory {
@@ -26,20 +40,29 @@ impl PortMemory {
     /// forgotten with their ports.
     pub(crate) fn learn(&mut self, desired: &[DesiredLink], observed: &Observed) {
         let managed: HashSet<&str> = desired.iter().map(|d| d.name.as_str()).collect();
-        let bridges: Vec<&str> = desired
+        let bridges: Vec<&DesiredLink> = desired
             .iter()
             .filter(|d| matches!(d.kind, DesiredKind::Bridge { .. }))
-            .map(|d| d.name.as_str())
             .collect();
-        self.by_bridge.retain(|name, _| bridges.contains(&name.as_str()));
-        for bridge in bridges {
-            let current = observed
+        self.by_bridge
+            .retain(|name, _| bridges.iter().any(|d| d.name == *name));
+        for d in bridges {
+            let observed_bridge = observed
                 .links
-                .get(bridge)
-                .filter(|b| b.owned() && matches!(b.kind, ObservedKind::Bridge { .. }))
-                .map(|b| b.index);
-            let ports = self.by_bridge.entry(bridge.to_string()).or_default();
-            ports.retain(|index, _| {
+                .get(&d.name)
+                .filter(|b| b.owned() && matches!(b.kind, ObservedKind::Bridge { .. }));
+            let memory = self.by_bridge.entry(d.name.clone()).or_default();
+            if memory.owner != d.owner {
+                *memory = Remembered {
+                    owner: d.owner.clone(),
+                    ..Remembered::default()
+                };
+            }
+            if observed_bridge.is_some_and(|b| b.alias.as_deref() == Some(marker(&d.owner).as_str())) {
+                memory.held = true;
+            }
+            let current = observed_bridge.filter(|_| memory.held).map(|b| b.index);
+            memory.ports.retain(|index, _| {
                 observed
                     .by_index(*index)
                     .is_some_and(|l| l.master.is_none() || (current.is_some() && l.master == current))
@@ -47,7 +70,7 @@ impl PortMemory {
             if let Some(index) = current {
                 for l in observed.links.values() {
                     if l.master == Some(index) && !l.owned() && !managed.contains(l.name.as_str()) {
-                        ports.insert(l.index, l.name.clone());
+                        memory.ports.insert(l.index, l.name.clone());
                     }
                 }
             }
@@ -62,10 +85,10 @@ impl PortMemory {
             if !matches!(d.kind, DesiredKind::Bridge { .. }) || lp.problem.is_some() {
                 continue;
             }
-            let Some(ports) = self.by_bridge.get(&d.name) else {
+            let Some(memory) = self.by_bridge.get(&d.name) else {
                 continue;
             };
-            for index in ports.keys() {
+            for index in memory.ports.keys() {
                 if let Some(port) = observed.by_index(*index).filter(|l| l.master.is_none()) {
                     lp.steps.push(Step::Set {
                         name: port.name.clone(),
@@ -81,13 +104,13 @@ impl PortMemory {
 
     /// Every remembered port's index (their events are cues to observe again).
     pub(crate) fn indices(&self) -> impl Iterator<Item = u32> + '_ {
-        self.by_bridge.values().flat_map(|ports| ports.keys().copied())
+        self.by_bridge.values().flat_map(|m| m.ports.keys().copied())
     }
 
     /// How many ports are remembered for `bridge`.
     #[cfg(test)]
     pub(crate) fn count(&self, bridge: &str) -> usize {
-        self.by_bridge.get(bridge).map_or(0, BTreeMap::len)
+        self.by_bridge.get(bridge).map_or(0, |m| m.ports.len())
     }
 }
 
@@ -103,6 +126,7 @@ mod tests {
             owner: "Network/gw".into(),
             kind: DesiredKind::Bridge { mtu: None },
             up: true,
+            adopt: false,
         }
     }
 
@@ -195,6 +219,52 @@ mod tests {
         memory.restore(&desired, &back, &mut plan);
         assert!(plan.links[0].steps.is_empty());
         assert_eq!(memory.count("br-gw"), 2);
+    }
+
+    #[test]
+    fn a_bridge_handed_to_a_new_owner_never_gets_the_old_owners_ports() {
+        let mut memory = PortMemory::default();
+        let old = vec![bridge("br-gw")];
+        let with_pods = observed(vec![
+            link(5, "br-gw", "bridge", None, true),
+            link(7, "veth1", "veth", Some(5), false),
+        ]);
+        memory.learn(&old, &with_pods);
+        assert_eq!(memory.count("br-gw"), 1);
+        // Network/gw was deleted; Network/next wants the name. The bridge still
+        // carries gw's marker and gw's pod: nothing of it is remembered for next,
+        // nor once the bridge is made again for next (veth1 left unattached).
+        let new = vec![DesiredLink {
+            owner: "Network/next".into(),
+            ..bridge("br-gw")
+        }];
+        memory.learn(&new, &with_pods);
+        assert_eq!(memory.count("br-gw"), 0);
+        let remade = observed(vec![
+            ObservedLink {
+                alias: Some(marker("Network/next")),
+                ..link(10, "br-gw", "bridge", None, true)
+            },
+            link(7, "veth1", "veth", None, false),
+        ]);
+        memory.learn(&new, &remade);
+        let mut plan = plan_for(&new);
+        memory.restore(&new, &remade, &mut plan);
+        assert!(plan.links[0].steps.is_empty(), "{:?}", plan.links[0].steps);
+
+        // A marker rewritten by hand on a bridge the engine holds: its ports stay
+        // remembered (the engine makes the bridge again and attaches them).
+        let mut memory = PortMemory::default();
+        memory.learn(&old, &with_pods);
+        let tampered = observed(vec![
+            ObservedLink {
+                alias: Some(marker("Network/next")),
+                ..link(5, "br-gw", "bridge", None, true)
+            },
+            link(7, "veth1", "veth", Some(5), false),
+        ]);
+        memory.learn(&old, &tampered);
+        assert_eq!(memory.count("br-gw"), 1);
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub struct DesiredLink {
     /// `false`: keep the interface (or bring it) admin-down, e.g. while a
     /// non-optional dependency is not Ready. Ignored for [`DesiredKind::Unmanaged`].
     pub up: bool,
+    /// Take over an interface of this name that this engine did not create, when it
+    /// is of the desired kind and its settings match or can change in place: it
+    /// keeps its ifindex and ports and gets the ownership marker. Never by default.
+    pub adopt: bool,
 }
 
 /// What kind of interface, and its settings.
@@ -102,6 +106,9 @@ pub mod reason {
     pub const CARRIER_DOWN: &str = "CarrierDown";
     /// An interface of that name exists and was not created by this engine.
     pub const NAME_CONFLICT: &str = "NameConflict";
+    /// Adoption was asked for, but the existing interface is of another kind or has
+    /// settings that cannot change in place.
+    pub const ADOPTION_REFUSED: &str = "AdoptionRefused";
     /// The master bridge does not exist (or is not a usable bridge).
     pub const MASTER_MISSING: &str = "MasterMissing";
     /// The interface is held admin-down on request, or (unmanaged) is down.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::InterfaceName;
 
-use super::state::BridgeReadiness;
+use super::state::{BridgeOwner, BridgeReadiness, ForNetwork};
 
 /// The `apiVersion` of every body.
 pub const API_VERSION: &str = "v1";
@@ -24,6 +24,9 @@ pub struct BridgeStatus {
     pub ready: bool,
     pub reason: String,
     pub message: String,
+    /// The Network or Link the bridge belongs to on this node, when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<BridgeOwner>,
 }
 
 impl BridgeStatus {
@@ -35,6 +38,7 @@ impl BridgeStatus {
             ready: readiness.ready,
             reason: readiness.reason,
             message: readiness.message,
+            owner: readiness.owner,
         }
     }
 }
@@ -107,10 +111,12 @@ impl ApiError {
 /// What a valid request asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Route {
-    /// Bridge `name`; with `wait`, a long poll of at most that long.
+    /// Bridge `name`; with `wait`, a long poll of at most that long; with
+    /// `network`, Ready only when the bridge belongs to that Network.
     Bridge {
         name: String,
         wait: Option<Duration>,
+        network: Option<ForNetwork>,
     },
     Status,
 }
@@ -132,10 +138,8 @@ pub(crate) fn route(method: &str, path: &str, query: Option<&str>) -> Result<Rou
             name: name.clone(),
             reason: e.to_string(),
         })?;
-        Route::Bridge {
-            name,
-            wait: wait_seconds(query)?,
-        }
+        let (wait, network) = bridge_query(query)?;
+        Route::Bridge { name, wait, network }
     } else {
         return Err(ApiError::NotFound(path.to_string()));
     };
@@ -156,35 +160,76 @@ fn no_query(query: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-/// The `waitSeconds` parameter, the only one `/v1/bridges/{name}` takes: a
-/// non-negative decimal number of seconds, capped to [`MAX_WAIT`].
-fn wait_seconds(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
+/// The parameters of `/v1/bridges/{name}`: `waitSeconds` (a non-negative decimal
+/// number of seconds, capped to [`MAX_WAIT`]), `network` (the name of the Network
+/// the caller attaches for) and `uid` (its UID; only with `network`).
+fn bridge_query(query: Option<&str>) -> Result<(Option<Duration>, Option<ForNetwork>), ApiError> {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let invalid = |reason: String| ApiError::InvalidQuery {
         query: query.to_string(),
         reason,
     };
-    let mut wait = None;
+    let (mut wait, mut network, mut uid) = (None, None, None);
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key != "waitSeconds" {
-            return Err(invalid(format!(
-                "unknown parameter {key:?}: the only one is waitSeconds"
-            )));
+        let seen = match key {
+            "waitSeconds" => wait.is_some(),
+            "network" => network.is_some(),
+            "uid" => uid.is_some(),
+            _ => {
+                return Err(invalid(format!(
+                    "unknown parameter {key:?}: they are waitSeconds, network and uid"
+                )));
+            }
+        };
+        if seen {
+            return Err(invalid(format!("{key} is given more than once")));
         }
-        if wait.is_some() {
-            return Err(invalid("waitSeconds is given more than once".to_string()));
+        match key {
+            "waitSeconds" => {
+                let seconds = parse_seconds(value).ok_or_else(|| {
+                    invalid(format!(
+                        "waitSeconds must be a non-negative decimal number of seconds, not {value:?}"
+                    ))
+                })?;
+                wait = Some(Duration::from_secs_f64(seconds.min(MAX_WAIT.as_secs_f64())));
+            }
+            "network" => {
+                if !object_name(value) {
+                    return Err(invalid(format!(
+                        "network must be the name of a Network (lower-case letters, digits, '-' and '.', at most 253), not {value:?}"
+                    )));
+                }
+                network = Some(value.to_string());
+            }
+            _ => {
+                let ok = !value.is_empty()
+                    && value.len() <= 64
+                    && value.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+                if !ok {
+                    return Err(invalid(format!("uid must be an object UID, not {value:?}")));
+                }
+                uid = Some(value.to_string());
+            }
         }
-        let seconds = parse_seconds(value).ok_or_else(|| {
-            invalid(format!(
-                "waitSeconds must be a non-negative decimal number of seconds, not {value:?}"
-            ))
-        })?;
-        wait = Some(Duration::from_secs_f64(seconds.min(MAX_WAIT.as_secs_f64())));
     }
-    Ok(wait)
+    let network = match (network, uid) {
+        (Some(name), uid) => Some(ForNetwork { name, uid }),
+        (None, Some(_)) => return Err(invalid("uid is given without network".to_string())),
+        (None, None) => None,
+    };
+    Ok((wait, network))
+}
+
+/// The characters of a Kubernetes object name (a DNS-1123 subdomain), which need no
+/// percent-encoding.
+fn object_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
 /// A plain decimal: digits with at most one '.', no sign, exponent, `inf` or `NaN`.
@@ -227,6 +272,18 @@ mod tests {
         Route::Bridge {
             name: name.to_string(),
             wait: wait.map(Duration::from_secs_f64),
+            network: None,
+        }
+    }
+
+    fn bridge_for(name: &str, wait: Option<f64>, network: &str, uid: Option<&str>) -> Route {
+        Route::Bridge {
+            name: name.to_string(),
+            wait: wait.map(Duration::from_secs_f64),
+            network: Some(ForNetwork {
+                name: network.to_string(),
+                uid: uid.map(String::from),
+            }),
         }
     }
 
@@ -333,6 +390,39 @@ mod tests {
                 Err("InvalidQuery"),
             ),
             ("GET", "/v1/bridges/br0", Some("wait=1"), Err("InvalidQuery")),
+            (
+                "GET",
+                "/v1/bridges/br0",
+                Some("network=gw"),
+                Ok(bridge_for("br0", None, "gw", None)),
+            ),
+            (
+                "GET",
+                "/v1/bridges/br0",
+                Some("waitSeconds=2&network=gw.a-1&uid=0f9e-AB12"),
+                Ok(bridge_for("br0", Some(2.0), "gw.a-1", Some("0f9e-AB12"))),
+            ),
+            ("GET", "/v1/bridges/br0", Some("network=GW"), Err("InvalidQuery")),
+            ("GET", "/v1/bridges/br0", Some("network="), Err("InvalidQuery")),
+            (
+                "GET",
+                "/v1/bridges/br0",
+                Some("network=a%2Fb"),
+                Err("InvalidQuery"),
+            ),
+            ("GET", "/v1/bridges/br0", Some("uid=0f9e"), Err("InvalidQuery")),
+            (
+                "GET",
+                "/v1/bridges/br0",
+                Some("network=gw&uid=x/y"),
+                Err("InvalidQuery"),
+            ),
+            (
+                "GET",
+                "/v1/bridges/br0",
+                Some("network=a&network=b"),
+                Err("InvalidQuery"),
+            ),
             ("GET", "/v1/bridges/", None, Err("InvalidBridgeName")),
             (
                 "GET",

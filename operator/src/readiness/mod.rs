@@ -14,4 +14,4 @@ mod state;
 
 pub use api::{API_VERSION, AgentStatus, ApiError, BridgeStatus, ErrorBody, MAX_WAIT};
 pub use server::{HEADER_READ_TIMEOUT, ServeError, Server, serve};
-pub use state::{BridgeReadiness, Readiness, Snapshot, reason};
+pub use state::{BridgeOwner, BridgeReadiness, ForNetwork, Readiness, Snapshot, reason};

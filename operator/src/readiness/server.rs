@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::api::{self, API_VERSION, AgentStatus, ApiError, BridgeStatus, Route};
-use super::state::{BridgeReadiness, Readiness};
+use super::state::{BridgeReadiness, ForNetwork, Readiness};
 
 /// How long shutdown waits for open connections to finish their answer.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -242,10 +242,10 @@ async fn handle(
                 synced: readiness.is_synced(),
             },
         ),
-        Ok(Route::Bridge { name, wait }) => {
+        Ok(Route::Bridge { name, wait, network }) => {
             let state = match wait {
-                None => readiness.bridge(&name),
-                Some(wait) => wait_until_ready(&readiness, &name, wait, stop).await,
+                None => readiness.bridge_for(&name, network.as_ref()),
+                Some(wait) => wait_until_ready(&readiness, &name, network.as_ref(), wait, stop).await,
             };
             debug!(bridge = %name, ready = state.ready, reason = %state.reason, ?wait, "readiness API: answered");
             json(StatusCode::OK, &BridgeStatus::new(readiness.node(), &name, state))
@@ -259,20 +259,21 @@ async fn handle(
 async fn wait_until_ready(
     readiness: &Readiness,
     name: &str,
+    network: Option<&ForNetwork>,
     wait: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> BridgeReadiness {
     let deadline = tokio::time::Instant::now() + wait;
     let mut rx = readiness.subscribe();
     loop {
-        let current = rx.borrow_and_update().bridge(readiness.node(), name);
+        let current = rx.borrow_and_update().bridge_for(readiness.node(), name, network);
         if current.ready || *stop.borrow() {
             return current;
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return current },
             changed = stop.changed() => if changed.is_err() { return current },
-            () = tokio::time::sleep_until(deadline) => return readiness.bridge(name),
+            () = tokio::time::sleep_until(deadline) => return readiness.bridge_for(name, network),
         }
     }
 }

@@ -15,6 +15,28 @@ pub mod reason {
     pub const NOT_DESIRED: &str = "NotDesired";
     /// The agent has not yet computed this node's desired state since it started.
     pub const AGENT_STARTING: &str = "AgentStarting";
+    /// The bridge on this node belongs to another object than the Network the
+    /// caller attaches for.
+    pub const OWNED_ELSEWHERE: &str = "OwnedElsewhere";
+}
+
+/// The object a bridge belongs to on this node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BridgeOwner {
+    /// `Network` or `Link`.
+    pub kind: String,
+    pub name: String,
+    /// The object's UID; empty when unknown.
+    pub uid: String,
+}
+
+/// The Network a caller attaches for (named in the shim's configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForNetwork {
+    pub name: String,
+    /// When given, the bridge must belong to the Network of this UID (not an older
+    /// one of the same name).
+    pub uid: Option<String>,
 }
 
 /// Readiness of one bridge, as the agent last computed it.
@@ -25,6 +47,8 @@ pub struct BridgeReadiness {
     pub reason: String,
     /// A sentence for people.
     pub message: String,
+    /// Whose bridge it is; `None` for the API's own answers.
+    pub owner: Option<BridgeOwner>,
 }
 
 impl BridgeReadiness {
@@ -34,6 +58,7 @@ impl BridgeReadiness {
             ready: true,
             reason: reason::READY.to_string(),
             message: message.into(),
+            owner: None,
         }
     }
 
@@ -43,6 +68,15 @@ impl BridgeReadiness {
             ready: false,
             reason: reason.into(),
             message: message.into(),
+            owner: None,
+        }
+    }
+
+    /// The same, belonging to `owner`.
+    pub fn owned_by(self, owner: BridgeOwner) -> Self {
+        Self {
+            owner: Some(owner),
+            ..self
         }
     }
 }
@@ -76,6 +110,54 @@ impl Snapshot {
                 format!("no Network or Link asks for bridge {name} on node {node}"),
             ),
         }
+    }
+}
+
+impl Snapshot {
+    /// The readiness of bridge `name` on `node` for a pod of Network `network`: Ready
+    /// only when the bridge is Ready and belongs to that Network (a bridge of the
+    /// same name made for another Network or a Link, or no longer wanted by anyone,
+    /// is not the one its attachment was made for).
+    pub fn bridge_for(&self, node: &str, name: &str, network: Option<&ForNetwork>) -> BridgeReadiness {
+        let answer = self.bridge(node, name);
+        let Some(network) = network else {
+            return answer;
+        };
+        if !self.synced {
+            return answer;
+        }
+        let Some(owner) = &answer.owner else {
+            return BridgeReadiness::not_ready(
+                answer.reason,
+                format!(
+                    "{}; the attachment is for Network {}",
+                    answer.message, network.name
+                ),
+            );
+        };
+        let same_name = owner.kind == "Network" && owner.name == network.name;
+        let same_uid = network
+            .uid
+            .as_ref()
+            .is_none_or(|uid| owner.uid.is_empty() || *uid == owner.uid);
+        if same_name && same_uid {
+            return answer;
+        }
+        let whose = if same_name {
+            format!(
+                "a newer Network {} (UID {}) than the one this attachment was made for (UID {}): the NetworkAttachmentDefinition is stale",
+                owner.name,
+                owner.uid,
+                network.uid.as_deref().unwrap_or_default()
+            )
+        } else {
+            format!("{} {}, not to Network {}", owner.kind, owner.name, network.name)
+        };
+        BridgeReadiness::not_ready(
+            reason::OWNED_ELSEWHERE,
+            format!("bridge {name} on node {node} belongs to {whose}"),
+        )
+        .owned_by(owner.clone())
     }
 }
 
@@ -115,6 +197,11 @@ impl Readiness {
     /// The current readiness of bridge `name`.
     pub fn bridge(&self, name: &str) -> BridgeReadiness {
         self.tx.borrow().bridge(&self.node, name)
+    }
+
+    /// The current readiness of bridge `name` for a pod of `network`.
+    pub fn bridge_for(&self, name: &str, network: Option<&ForNetwork>) -> BridgeReadiness {
+        self.tx.borrow().bridge_for(&self.node, name, network)
     }
 
     /// Replaces the whole set of desired bridges and their readiness. Returns whether
@@ -240,6 +327,66 @@ mod tests {
         assert!(!readiness.set_bridge("br0", BridgeReadiness::ready("up")));
         assert!(!readiness.update([("br0".to_string(), BridgeReadiness::ready("up"))]));
         assert!(!rx.has_changed().unwrap());
+    }
+
+    fn owner(kind: &str, name: &str, uid: &str) -> BridgeOwner {
+        BridgeOwner {
+            kind: kind.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
+    }
+
+    #[test]
+    fn a_bridge_is_ready_only_for_the_network_it_belongs_to() {
+        let readiness = Readiness::new("node-b");
+        readiness.set_synced(true);
+        readiness.set_bridge(
+            "br-a",
+            BridgeReadiness::ready("up").owned_by(owner("Network", "a", "u-a")),
+        );
+        readiness.set_bridge(
+            "br-l",
+            BridgeReadiness::ready("up").owned_by(owner("Link", "l", "u-l")),
+        );
+        let for_net = |name: &str, uid: Option<&str>| ForNetwork {
+            name: name.into(),
+            uid: uid.map(String::from),
+        };
+        // Its own Network, by name, or by name and UID; and callers that name none.
+        assert!(readiness.bridge_for("br-a", Some(&for_net("a", None))).ready);
+        assert!(
+            readiness
+                .bridge_for("br-a", Some(&for_net("a", Some("u-a"))))
+                .ready
+        );
+        assert!(readiness.bridge_for("br-a", None).ready);
+        // Another Network's bridge of that name, a Link's, an older Network's.
+        let other = readiness.bridge_for("br-a", Some(&for_net("b", None)));
+        assert_eq!(
+            (other.ready, other.reason.as_str(), other.message.as_str()),
+            (
+                false,
+                reason::OWNED_ELSEWHERE,
+                "bridge br-a on node node-b belongs to Network a, not to Network b"
+            )
+        );
+        let link = readiness.bridge_for("br-l", Some(&for_net("b", None)));
+        assert_eq!(
+            link.message,
+            "bridge br-l on node node-b belongs to Link l, not to Network b"
+        );
+        let stale = readiness.bridge_for("br-a", Some(&for_net("a", Some("u-old"))));
+        assert!(!stale.ready);
+        assert!(stale.message.contains("stale"), "{}", stale.message);
+        // Nobody's: not desired, for the Network asked about too.
+        let none = readiness.bridge_for("br-x", Some(&for_net("b", None)));
+        assert_eq!(none.reason, reason::NOT_DESIRED);
+        assert!(
+            none.message.ends_with("the attachment is for Network b"),
+            "{}",
+            none.message
+        );
     }
 
     #[test]
