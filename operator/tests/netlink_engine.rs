@@ -941,3 +941,28 @@ async fn adoption_takes_over_an_interface_pair_in_place() {
     assert!(s.message.contains("VNI 101 -> 100"), "{}", s.message);
     assert_eq!((writes, ns2.ifindex("vx-go")), (0, index));
 }
+
+/// An owner whose marker would not fit the 255 bytes of IFLA_IFALIAS (a Network
+/// named with 253 characters): the engine writes the hashed marker, the links are
+/// Ready, and an engine started again owns them with no write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_owner_name_gets_a_marker_that_fits_and_survives_a_restart() {
+    let ns = Netns::new("longowner");
+    ns.veth("under0", "under0p", &["198.18.0.1/24"]);
+    let owner = format!("Network/{}", "a".repeat(253));
+    let mut desired = gateway("under0");
+    for d in &mut desired {
+        d.owner = owner.clone();
+    }
+    {
+        let mut engine = Engine::in_netns(ns.path()).unwrap();
+        assert_all_ready(&pass(&mut engine, &desired).await.0);
+    }
+    let alias = ns.link("br-gw").unwrap()["ifalias"].as_str().unwrap().to_string();
+    assert_eq!(alias, marker(&owner));
+    assert!(alias.len() <= 255, "{}", alias.len());
+    let mut engine = Engine::in_netns(ns.path()).unwrap();
+    let (states, writes) = pass(&mut engine, &desired).await;
+    assert_all_ready(&states);
+    assert_eq!(writes, 0, "the restarted engine adopts what it made");
+}

@@ -425,10 +425,11 @@ impl<'a> Context<'a> {
         // not join the new owner's network.
         // (A bridge without a marker here is one being adopted.)
         let made_for = |l: &ObservedLink| l.alias.as_deref().and_then(marker_owner).map(str::to_string);
+        let ours = marker(&d.owner);
         match existing {
             Some(l)
                 if matches!(l.kind, ObservedKind::Bridge { .. })
-                    && made_for(l).is_none_or(|owner| owner == d.owner) =>
+                    && (made_for(l).is_none() || l.alias.as_deref() == Some(ours.as_str())) =>
             {
                 if matches!(l.kind, ObservedKind::Bridge { stp: true }) {
                     lp.steps.push(Step::StpOff { name: d.name.clone() });

@@ -134,9 +134,34 @@ pub const MIN_MTU: u32 = 68;
 /// interface it creates: `nno.dev owner=<owner>`.
 pub const MARKER_PREFIX: &str = "nno.dev owner=";
 
-/// The ownership marker for an interface created on behalf of `owner`.
+/// The longest alias written: `IFLA_IFALIAS` holds 255 bytes (IFALIASZ - 1), and the
+/// netlink crate sends the string with its NUL, which the kernel's attribute policy
+/// counts (ERANGE at 255 here, measured).
+pub const ALIAS_MAX: usize = 254;
+
+/// The ownership marker for an interface created on behalf of `owner`. An owner too
+/// long for the alias (a Network name may have 253 bytes) keeps a readable head and
+/// a hash of the whole owner, so the marker still tells owners apart and an engine
+/// that restarts finds its interfaces. Compare markers, not owners.
 pub fn marker(owner: &str) -> String {
-    format!("{MARKER_PREFIX}{owner}")
+    let full = format!("{MARKER_PREFIX}{owner}");
+    if full.len() <= ALIAS_MAX {
+        return full;
+    }
+    let suffix = format!("~{:016x}", fnv1a64(owner.as_bytes()));
+    let mut keep = ALIAS_MAX - MARKER_PREFIX.len() - suffix.len();
+    while !owner.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{MARKER_PREFIX}{}{suffix}", &owner[..keep])
+}
+
+/// 64-bit FNV-1a: a hash that never changes between builds or versions, which a
+/// marker written by one engine and read by the next needs.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Whether an interface alias is an ownership marker of this engine, and whose.
@@ -312,4 +337,33 @@ pub struct ObservedAddress {
 pub struct RouteHit {
     pub oif: u32,
     pub prefsrc: Option<IpAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_of_long_owners_fit_the_alias_and_stay_distinct() {
+        assert_eq!(marker("Network/gw"), "nno.dev owner=Network/gw");
+        let long = |last: char| format!("Network/{}{last}", "n".repeat(252));
+        let (a, b) = (marker(&long('a')), marker(&long('b')));
+        assert!(
+            a.len() <= ALIAS_MAX && b.len() <= ALIAS_MAX,
+            "{} {}",
+            a.len(),
+            b.len()
+        );
+        assert_ne!(a, b);
+        assert!(a.starts_with("nno.dev owner=Network/nnn"), "{a}");
+        assert_eq!(
+            marker_owner(&a).map(str::len),
+            Some(ALIAS_MAX - MARKER_PREFIX.len())
+        );
+        // Stable across builds: a known FNV-1a value.
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        // Multi-byte characters are never cut in half.
+        let wide = format!("Link/{}", "é".repeat(130));
+        assert!(marker(&wide).len() <= ALIAS_MAX);
+    }
 }
