@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -79,10 +79,6 @@ impl Agent {
     /// only for a bridge that belongs to that Network.
     pub fn for_network(self, network: Option<NetworkRef>) -> Self {
         Self { network, ..self }
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// Waits until `bridge` is Ready or `timeout` has passed, long-polling the agent

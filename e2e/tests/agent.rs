@@ -114,6 +114,15 @@ async fn network_builds_links_reports_ready_and_follows_changes() {
     assert_eq!(vx["vtepAddress"].as_str(), Some(a.address.to_string().as_str()));
     assert_eq!(vx["observedGeneration"], 1);
     assert_eq!(status["readyInterfaces"], "2/2");
+    // Its report was written, and nothing more is written while nothing changes.
+    let writes = a.agent_metric("nno_agent_status_writes_total").await.unwrap();
+    assert!(writes >= 1.0, "status writes counted: {writes}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        a.agent_metric("nno_agent_status_writes_total").await.unwrap(),
+        writes,
+        "no status write in a steady state"
+    );
     // Its text log goes to a file here: no terminal colour codes in it.
     let log = a.agent_log();
     assert!(log.contains("INFO"), "{log}");

@@ -55,7 +55,7 @@ async fn setup() -> (Cluster, Cni, SimNode, SimNode) {
         node.ip(&["link", "set", "br-e2e", "up"]).unwrap();
     }
     pod::create_namespace(&cluster, "apps").await.unwrap();
-    // The gateway is not excluded by whereabouts itself (DESIGN.md): exclude it here.
+    // whereabouts does not exclude its own `gateway` from the pool: exclude it here.
     let clients = bridge_nad(cni.whereabouts_ipam(json!({
         "range": RANGE, "exclude": [format!("{GATEWAY}/32")], "gateway": GATEWAY,
     })));

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod cache;
 pub mod controller;
+pub mod linux;
 pub mod model;
 pub mod multus;
 pub mod netlink;

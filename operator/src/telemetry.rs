@@ -44,9 +44,9 @@ pub fn init_tracing(format: LogFormat) {
 
 /// Whether the component is ready; shared between the component and `/readyz`.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Health(Arc<AtomicBool>);
 
-impl Readiness {
+impl Health {
     pub fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Relaxed);
     }
@@ -69,7 +69,7 @@ pub struct ListenError {
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
-    ready: Readiness,
+    ready: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ListenError> {
     let listener = TcpListener::bind(addr)
@@ -105,7 +105,7 @@ pub async fn serve(
     })
 }
 
-fn answer(req: &Request<Incoming>, registry: &Registry, ready: &Readiness) -> Response<Full<Bytes>> {
+fn answer(req: &Request<Incoming>, registry: &Registry, ready: &Health) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: String, content_type: &'static str| {
         Response::builder()
             .status(status)

@@ -18,11 +18,11 @@ use anyhow::Context as _;
 use futures::future;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::sync::watch;
@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
     /// The readiness socket nno-cni-shim asks (mode 0600).
-    #[arg(long, env = "NNO_SOCKET", default_value = "/run/nno/agent.sock")]
+    #[arg(long, env = "NNO_SOCKET", default_value = readiness::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "NNO_METRICS_ADDR", default_value = "127.0.0.1:9092")]
@@ -65,7 +65,7 @@ pub async fn run(client: kube::Client, args: Args) -> anyhow::Result<()> {
         .context("opening rtnetlink: the agent needs CAP_NET_ADMIN in the node's network namespace")?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, engine.write_counter(), engine.repair_counter());
-    let health = telemetry::Readiness::default();
+    let health = telemetry::Health::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -146,7 +146,7 @@ struct Agent {
     changed: watch::Receiver<()>,
     metrics: Metrics,
     readiness: Readiness,
-    health: telemetry::Readiness,
+    health: telemetry::Health,
 }
 
 impl Agent {
@@ -155,7 +155,7 @@ impl Agent {
         node: String,
         metrics: Metrics,
         readiness: Readiness,
-        health: telemetry::Readiness,
+        health: telemetry::Health,
     ) -> Self {
         let (tx, changed) = watch::channel(());
         let errors = metrics.api_errors.clone();
@@ -311,7 +311,12 @@ impl Agent {
                 .instrument(info_span!("engine", node = %self.node)),
         );
 
-        let mut writer = StatusWriter::new(self.client.clone(), &node, self.own_state());
+        let mut writer = StatusWriter::new(
+            self.client.clone(),
+            &node,
+            self.own_state(),
+            self.metrics.status_writes.clone(),
+        );
         loop {
             let started = Instant::now();
             if let Some((node, info)) = self.node_info() {
@@ -441,10 +446,17 @@ struct StatusWriter {
     refused: Option<NodeNetworkStateStatus>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Counts the status writes the API server accepted.
+    writes: prometheus_client::metrics::counter::Counter,
 }
 
 impl StatusWriter {
-    fn new(client: kube::Client, node: &Node, existing: Option<Arc<NodeNetworkState>>) -> Self {
+    fn new(
+        client: kube::Client,
+        node: &Node,
+        existing: Option<Arc<NodeNetworkState>>,
+        writes: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         let uid = node.metadata.uid.clone();
         let object_ok = existing
             .as_ref()
@@ -456,6 +468,7 @@ impl StatusWriter {
             refused: None,
             retry_at: None,
             backoff: Duration::from_millis(500),
+            writes,
         }
     }
 
@@ -501,8 +514,8 @@ impl StatusWriter {
         if !self.object_ok {
             // Owned by the Node: it goes when the node goes.
             let body = json!({
-                "apiVersion": "nno.dev/v1alpha1",
-                "kind": "NodeNetworkState",
+                "apiVersion": NodeNetworkState::api_version(&()),
+                "kind": NodeNetworkState::kind(&()),
                 "metadata": {"name": name, "ownerReferences": [{
                     "apiVersion": "v1", "kind": "Node", "name": name, "uid": node.metadata.uid,
                 }]},
@@ -511,7 +524,11 @@ impl StatusWriter {
             self.api.patch(&name, &params, &Patch::Apply(&body)).await?;
             self.object_ok = true;
         }
-        let body = json!({"apiVersion": "nno.dev/v1alpha1", "kind": "NodeNetworkState", "status": status});
+        let body = json!({
+            "apiVersion": NodeNetworkState::api_version(&()),
+            "kind": NodeNetworkState::kind(&()),
+            "status": status,
+        });
         if let Err(e) = self.api.patch_status(&name, &params, &Patch::Apply(&body)).await {
             // Gone (e.g. collected with a Node that was deleted and registered again):
             // create it again on the next attempt.
@@ -520,6 +537,7 @@ impl StatusWriter {
             }
             return Err(e);
         }
+        self.writes.inc();
         info!(
             ready = status.ready_interfaces.as_deref().unwrap_or_default(),
             "wrote NodeNetworkState"

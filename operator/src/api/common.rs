@@ -9,8 +9,7 @@ use kube::core::{Expression, Selector, SelectorExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The longest interface name Linux accepts (IFNAMSIZ - 1).
-pub const MAX_INTERFACE_NAME: usize = 15;
+pub use crate::linux::MAX_INTERFACE_NAME;
 
 /// A Linux network interface name: 1 to 15 bytes, no '/', ':' or whitespace, and not
 /// "." or "..", exactly what the kernel's `dev_valid_name` accepts.
@@ -44,20 +43,15 @@ pub enum InterfaceNameError {
 impl InterfaceName {
     /// Checks `name` the way the kernel (and the CRD schema) does.
     pub fn new(name: impl Into<String>) -> Result<Self, InterfaceNameError> {
+        use crate::linux::{NameProblem, check_interface_name};
         let name = name.into();
-        if name.is_empty() {
-            return Err(InterfaceNameError::Empty);
+        match check_interface_name(&name) {
+            Ok(()) => Ok(Self(name)),
+            Err(NameProblem::Empty) => Err(InterfaceNameError::Empty),
+            Err(NameProblem::TooLong) => Err(InterfaceNameError::TooLong(name)),
+            Err(NameProblem::BadCharacter) => Err(InterfaceNameError::BadCharacter(name)),
+            Err(NameProblem::Dots) => Err(InterfaceNameError::Dots),
         }
-        if name.len() > MAX_INTERFACE_NAME {
-            return Err(InterfaceNameError::TooLong(name));
-        }
-        if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-            return Err(InterfaceNameError::BadCharacter(name));
-        }
-        if name == "." || name == ".." {
-            return Err(InterfaceNameError::Dots);
-        }
-        Ok(Self(name))
     }
 
     pub fn as_str(&self) -> &str {
@@ -110,8 +104,8 @@ impl IpFamily {
     /// header, UDP and VXLAN headers and the inner Ethernet header (20/40 + 8 + 8 + 14).
     pub fn vxlan_overhead(self) -> u32 {
         match self {
-            IpFamily::IPv4 => 50,
-            IpFamily::IPv6 => 70,
+            IpFamily::IPv4 => crate::linux::VXLAN_OVERHEAD_V4,
+            IpFamily::IPv6 => crate::linux::VXLAN_OVERHEAD_V6,
         }
     }
 }

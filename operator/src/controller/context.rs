@@ -2,7 +2,7 @@
 //! event recorder, settings and metrics.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -128,11 +128,6 @@ impl Context {
             );
         }
         out
-    }
-
-    /// The agent's report for `node`, if any.
-    pub fn node_state(&self, node: &str) -> Option<Arc<NodeNetworkState>> {
-        self.states.state().into_iter().find(|s| s.name_any() == node)
     }
 
     /// The status of every NodeNetworkState, by node.

@@ -54,7 +54,7 @@ pub async fn reconcile(link: Arc<Link>, ctx: Arc<Context>) -> Result<Action> {
     );
     if old.is_none_or(|old| crate::api::common::differs(old, &new)) {
         let api: Api<Link> = Api::all(ctx.client.clone());
-        let body = json!({"apiVersion": "nno.dev/v1alpha1", "kind": "Link", "status": new});
+        let body = json!({"apiVersion": Link::api_version(&()), "kind": Link::kind(&()), "status": new});
         api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
             .await
             .map_err(kube_err("writing the status of", format!("Link/{name}")))?;

@@ -3,7 +3,7 @@
 //!
 //! Each conflist runs `nno-cni-shim` first (it holds the attachment until the node's
 //! bridge is Ready), then the bridge plugin on the node bridge with the effective MTU.
-//! Traps rendered around (see DESIGN.md "Facts"):
+//! Traps rendered around (each pinned by a test: this module's, `e2e/tests/pods.rs`):
 //! - whereabouts does not exclude its `gateway` from allocation: the gateway and the
 //!   router's static address are added to `exclude`;
 //! - `isGateway`/`isDefaultGateway` would put one gateway address on every node's
@@ -61,7 +61,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             cni_version: CniVersion::V1_0_0,
-            shim_socket: "/run/nno/agent.sock".into(),
+            shim_socket: crate::readiness::DEFAULT_SOCKET.into(),
             shim_timeout_seconds: 20,
             whereabouts_kubeconfig: "/etc/cni/net.d/whereabouts.d/whereabouts.kubeconfig".into(),
         }

@@ -74,8 +74,8 @@ async fn set_finalizer(network: &Network, ctx: &Context, present: bool) -> Resul
     let name = network.name_any();
     let finalizers: Vec<&str> = if present { vec![FINALIZER] } else { vec![] };
     let body = json!({
-        "apiVersion": "nno.dev/v1alpha1",
-        "kind": "Network",
+        "apiVersion": Network::api_version(&()),
+        "kind": Network::kind(&()),
         "metadata": {"name": name, "finalizers": finalizers},
     });
     let api: Api<Network> = Api::all(ctx.client.clone());
@@ -188,7 +188,7 @@ async fn apply(network: &Network, ctx: &Context) -> Result<Action> {
 
 async fn write_status(name: &str, ctx: &Context, status: &NetworkStatus) -> Result<()> {
     let api: Api<Network> = Api::all(ctx.client.clone());
-    let body = json!({"apiVersion": "nno.dev/v1alpha1", "kind": "Network", "status": status});
+    let body = json!({"apiVersion": Network::api_version(&()), "kind": Network::kind(&()), "status": status});
     api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
         .await
         .map_err(kube_err("writing the status of", format!("Network/{name}")))?;

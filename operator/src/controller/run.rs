@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "1.0.0")]
     pub cni_version: CniVersion,
     /// The agents' readiness socket, as the shim sees it on the node.
-    #[arg(long, default_value = "/run/nno/agent.sock")]
+    #[arg(long, default_value = crate::readiness::DEFAULT_SOCKET)]
     pub shim_socket: String,
     /// Seconds the shim holds a pod's attachment waiting for the bridge.
     #[arg(long, default_value_t = 20)]
@@ -69,7 +69,7 @@ pub async fn run(client: kube::Client, args: Args) -> anyhow::Result<()> {
     check_crds(&client).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let ready = telemetry::Readiness::default();
+    let ready = telemetry::Health::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = {
         let mut rx = stop_rx.clone();
@@ -265,7 +265,7 @@ async fn reconcile_network(
     match &guard.0 {
         Ok(network) => network::reconcile(Arc::new(network.clone()), ctx).await,
         Err(invalid) => {
-            ctx.invalid("nno.dev/v1alpha1", "Network", invalid).await;
+            ctx.invalid(&Network::api_version(&()), "Network", invalid).await;
             Ok(Action::await_change())
         }
     }
@@ -275,7 +275,7 @@ async fn reconcile_link(guard: Arc<DeserializeGuard<Link>>, ctx: Arc<Context>) -
     match &guard.0 {
         Ok(link) => link::reconcile(Arc::new(link.clone()), ctx).await,
         Err(invalid) => {
-            ctx.invalid("nno.dev/v1alpha1", "Link", invalid).await;
+            ctx.invalid(&Link::api_version(&()), "Link", invalid).await;
             Ok(Action::await_change())
         }
     }

@@ -14,8 +14,6 @@ use super::types::{
 
 /// Largest MTU the kernel accepts for a bridge or VXLAN.
 const MAX_MTU: u32 = 65535;
-/// `IFNAMSIZ - 1`.
-const MAX_NAME_LEN: usize = 15;
 /// Largest VXLAN network identifier (24 bits).
 const MAX_VNI: u32 = (1 << 24) - 1;
 
@@ -861,14 +859,10 @@ fn resolve_carrier<'a>(
 /// Checks what the kernel would refuse or misread, before any write.
 pub fn validate(d: &DesiredLink) -> Result<(), String> {
     let n = &d.name;
-    if n.is_empty()
-        || n.len() > MAX_NAME_LEN
-        || n == "."
-        || n == ".."
-        || n.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
+    if crate::linux::check_interface_name(n).is_err() {
         return Err(format!(
-            "interface name {n:?} is invalid: 1 to {MAX_NAME_LEN} bytes, no '/', ':' or whitespace"
+            "interface name {n:?} is invalid: 1 to {} bytes, no '/', ':' or whitespace, not '.' or '..'",
+            crate::linux::MAX_INTERFACE_NAME
         ));
     }
     let mtu_ok = |mtu: Option<u32>| match mtu {

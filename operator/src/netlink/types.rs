@@ -123,12 +123,7 @@ pub mod reason {
     pub const NETLINK_ERROR: &str = "NetlinkError";
 }
 
-/// VXLAN encapsulation overhead over an IPv4 underlay (outer IPv4 + UDP + VXLAN + inner Ethernet).
-pub const VXLAN_OVERHEAD_V4: u32 = 50;
-/// VXLAN encapsulation overhead over an IPv6 underlay.
-pub const VXLAN_OVERHEAD_V6: u32 = 70;
-/// Smallest MTU the kernel accepts for an Ethernet-like device.
-pub const MIN_MTU: u32 = 68;
+pub use crate::linux::{MIN_MTU, VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6};
 
 /// Prefix of the ownership marker the engine writes into `IFLA_IFALIAS` of every
 /// interface it creates: `nno.dev owner=<owner>`.

@@ -51,17 +51,6 @@ pub enum ServeError {
     },
 }
 
-/// Serves `readiness` on the Unix socket `path` until `shutdown` completes. See
-/// [`Server::bind`] for what happens to the socket file.
-pub async fn serve(
-    path: impl AsRef<Path>,
-    readiness: Readiness,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    Server::bind(path)?.run(readiness, shutdown).await;
-    Ok(())
-}
-
 /// A bound readiness socket, not serving yet.
 #[derive(Debug)]
 pub struct Server {
