@@ -16,13 +16,15 @@ pub const VXLAN_OVERHEAD_V6: u32 = 70;
 pub const MIN_MTU: u32 = 68;
 
 /// What is wrong with an interface name the kernel's `dev_valid_name` refuses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NameProblem {
+    #[error("an interface name cannot be empty")]
     Empty,
+    #[error("an interface name is at most {MAX_INTERFACE_NAME} bytes")]
     TooLong,
-    /// A '/', ':' or whitespace.
+    #[error("an interface name cannot contain '/', ':' or whitespace")]
     BadCharacter,
-    /// "." or "..".
+    #[error("an interface name cannot be '.' or '..'")]
     Dots,
 }
 

@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::InterfaceName;
-
 use super::state::{BridgeOwner, BridgeReadiness, ForNetwork};
 
 /// The `apiVersion` of every body.
@@ -134,7 +132,7 @@ pub(crate) fn route(method: &str, path: &str, query: Option<&str>) -> Result<Rou
             name: segment.to_string(),
             reason: "it is not valid percent-encoded UTF-8".to_string(),
         })?;
-        InterfaceName::new(name.clone()).map_err(|e| ApiError::InvalidBridgeName {
+        crate::linux::check_interface_name(&name).map_err(|e| ApiError::InvalidBridgeName {
             name: name.clone(),
             reason: e.to_string(),
         })?;
