@@ -471,6 +471,7 @@ async fn kernel_errors_name_the_operation_and_the_interface() {
             owner: OWNER.into(),
             kind: DesiredKind::Unmanaged {
                 master: Some("br0".into()),
+                allow_uplink: false,
             },
             up: true,
             adopt: false,
@@ -965,4 +966,45 @@ async fn a_long_owner_name_gets_a_marker_that_fits_and_survives_a_restart() {
     let (states, writes) = pass(&mut engine, &desired).await;
     assert_all_ready(&states);
     assert_eq!(writes, 0, "the restarted engine adopts what it made");
+}
+
+/// An unmanaged port that holds a global address (the node's uplink here) is not
+/// enslaved, with the reason; with allow_uplink it is. A port without an address is
+/// enslaved either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enslaving_an_interface_with_the_nodes_address_is_refused_unless_allowed() {
+    let ns = Netns::new("uplink");
+    ns.veth("uplink0", "uplink0p", &["198.18.0.1/24"]);
+    ns.veth("spare0", "spare0p", &[]);
+    let port = |name: &str, allow_uplink: bool| DesiredLink {
+        name: name.into(),
+        owner: "Link/port".into(),
+        kind: DesiredKind::Unmanaged {
+            master: Some("br0".into()),
+            allow_uplink,
+        },
+        up: true,
+        adopt: false,
+    };
+    let mut engine = Engine::in_netns(ns.path()).unwrap();
+    let desired = vec![bridge("br0", None), port("uplink0", false), port("spare0", false)];
+    let (states, _) = pass(&mut engine, &desired).await;
+    let s = state(&states, "uplink0");
+    assert_eq!(s.reason, reason::UPLINK_REFUSED, "{}", s.message);
+    assert!(
+        s.message.contains("198.18.0.1/24") && s.message.contains("allowUplink"),
+        "{}",
+        s.message
+    );
+    assert!(
+        ns.link("uplink0").unwrap().get("master").is_none(),
+        "not enslaved"
+    );
+    assert_eq!(ns.link("spare0").unwrap()["master"], "br0");
+    assert_eq!(pass(&mut engine, &desired).await.1, 0, "refused without retrying");
+
+    let allowed = vec![bridge("br0", None), port("uplink0", true), port("spare0", false)];
+    let (states, _) = pass(&mut engine, &allowed).await;
+    assert_all_ready(&states);
+    assert_eq!(ns.link("uplink0").unwrap()["master"], "br0");
 }

@@ -384,6 +384,7 @@ fn link_want(link: &Link, resolved: &deps::Resolved) -> Want {
             LinkKind::Unmanaged,
             Some(DesiredKind::Unmanaged {
                 master: resolved.master.clone(),
+                allow_uplink: spec.unmanaged.as_ref().is_some_and(|u| u.allow_uplink),
             }),
         ),
     };
@@ -757,7 +758,10 @@ mod tests {
         );
         assert_eq!(
             by_name["eth0"].link.as_ref().unwrap().kind,
-            DesiredKind::Unmanaged { master: None }
+            DesiredKind::Unmanaged {
+                master: None,
+                allow_uplink: false
+            }
         );
         let vx = by_name["vx0"];
         assert_eq!(

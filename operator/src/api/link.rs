@@ -153,6 +153,13 @@ pub struct LinkUnmanaged {
     /// Enslave the existing interface to this Link (a bridge), as a bridge port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<LinkReference>,
+
+    /// Enslave it even when it holds a global address (the node's InternalIP on its
+    /// uplink, typically): the address stops working there, which can cut the node
+    /// off its cluster until the bridge carries it. Off by default: such an
+    /// interface is not enslaved and the Link reports `UplinkRefused`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_uplink: bool,
 }
 
 /// A reference to another Link, by name.

@@ -87,7 +87,7 @@ impl Interest {
                         i.vxlans.insert(l.index);
                     }
                 }
-                DesiredKind::Unmanaged { master } => i.names.extend(master.clone()),
+                DesiredKind::Unmanaged { master, .. } => i.names.extend(master.clone()),
                 DesiredKind::Bridge { .. } => {}
             }
         }

@@ -350,7 +350,9 @@ impl<'a> Context<'a> {
         match &d.kind {
             DesiredKind::Bridge { mtu } => self.plan_bridge(d, *mtu, &mut lp),
             DesiredKind::Vxlan(cfg) => self.plan_vxlan(d, cfg, &mut lp),
-            DesiredKind::Unmanaged { master } => self.plan_unmanaged(d, master.as_deref(), &mut lp),
+            DesiredKind::Unmanaged { master, allow_uplink } => {
+                self.plan_unmanaged(d, master.as_deref(), *allow_uplink, &mut lp)
+            }
         }
         self.note_bridge(d, &lp);
         lp
@@ -628,7 +630,13 @@ impl<'a> Context<'a> {
         };
     }
 
-    fn plan_unmanaged(&mut self, d: &DesiredLink, master: Option<&str>, lp: &mut LinkPlan) {
+    fn plan_unmanaged(
+        &mut self,
+        d: &DesiredLink,
+        master: Option<&str>,
+        allow_uplink: bool,
+        lp: &mut LinkPlan,
+    ) {
         let Some(l) = self.observed.links.get(&d.name) else {
             lp.problem = Some(Problem::new(
                 reason::NOT_FOUND,
@@ -643,6 +651,34 @@ impl<'a> Context<'a> {
         if master.is_some() {
             let (change, problem) = self.resolve_master(d, master, Some(l));
             master_problem = problem;
+            // A port's addresses stop working as the node's: enslaving the interface
+            // that carries the node's own address cuts the node off (its API server
+            // connection among them) until the bridge carries the address instead.
+            let held: Vec<String> = self
+                .observed
+                .addresses
+                .get(&l.index)
+                .into_iter()
+                .flatten()
+                .filter(|a| a.global)
+                .map(|a| format!("{}/{}", a.address, a.prefix_len))
+                .collect();
+            if let Some(MasterChange::Attach(bridge)) = &change
+                && !held.is_empty()
+                && !allow_uplink
+            {
+                lp.problem = Some(Problem::new(
+                    reason::UPLINK_REFUSED,
+                    format!(
+                        "interface {} holds {}: enslaving it to {bridge} would take the address off the network and can cut the node off; \
+                         nno refuses: move the address to the bridge first, or set unmanaged.allowUplink on {}",
+                        d.name,
+                        held.join(", "),
+                        d.owner
+                    ),
+                ));
+                return;
+            }
             if let Some(change @ MasterChange::Attach(_)) = change {
                 lp.steps.push(Step::Set {
                     name: d.name.clone(),
@@ -873,7 +909,7 @@ pub fn validate(d: &DesiredLink) -> Result<(), String> {
     };
     match &d.kind {
         DesiredKind::Bridge { mtu } => mtu_ok(*mtu),
-        DesiredKind::Unmanaged { master } => match master {
+        DesiredKind::Unmanaged { master, .. } => match master {
             Some(m) if m == n => Err(format!("{n} cannot be its own master")),
             _ => Ok(()),
         },
@@ -1035,8 +1071,11 @@ mod tests {
         DesiredLink {
             name: name.into(),
             owner: OWNER.into(),
+            // The fixture's eth1 holds the node's address: allowed here; the
+            // refusal has its own test.
             kind: DesiredKind::Unmanaged {
                 master: master.map(String::from),
+                allow_uplink: true,
             },
             up: true,
             adopt: false,
@@ -1696,6 +1735,19 @@ mod tests {
                 .message
                 .contains("not a bridge")
         );
+    }
+
+    #[test]
+    fn an_interface_with_a_global_address_is_not_enslaved_unless_allowed() {
+        let mut port = unmanaged("eth1", Some("br0"));
+        port.kind = DesiredKind::Unmanaged {
+            master: Some("br0".into()),
+            allow_uplink: false,
+        };
+        let p = plan(&[bridge("br0", None), port], &node(vec![]));
+        let lp = p.links.iter().find(|l| l.name == "eth1").unwrap();
+        assert!(lp.steps.is_empty(), "{:?}", lp.steps);
+        assert_eq!(lp.problem.as_ref().unwrap().reason, reason::UPLINK_REFUSED);
     }
 
     #[test]

@@ -31,8 +31,12 @@ pub enum DesiredKind {
     /// A VXLAN VTEP.
     Vxlan(VxlanConfig),
     /// An existing interface: never created, deleted or reconfigured, except
-    /// being enslaved to `master` when asked.
-    Unmanaged { master: Option<String> },
+    /// being enslaved to `master` when asked. An interface that holds a global
+    /// address (the node's own, typically) is enslaved only with `allow_uplink`.
+    Unmanaged {
+        master: Option<String>,
+        allow_uplink: bool,
+    },
 }
 
 /// VXLAN settings.
@@ -119,6 +123,9 @@ pub mod reason {
     pub const NOT_FOUND: &str = "NotFound";
     /// The desired settings are invalid (name, VNI, addresses, MTU).
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Enslaving the interface would take a global address (the node's own,
+    /// typically its uplink) off the network: refused unless allowed.
+    pub const UPLINK_REFUSED: &str = "UplinkRefused";
     /// The kernel refused a request; the message has the operation and errno.
     pub const NETLINK_ERROR: &str = "NetlinkError";
 }
