@@ -22,7 +22,7 @@ use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 use tracing::{debug, info, warn};
 
 use super::error::{Error, Operation};
-use super::plan::{MasterChange, RemoteChange, SetAttrs, Step, VxlanChange, VxlanParams};
+use super::step::{MasterChange, RemoteChange, SetAttrs, Step, VxlanChange, VxlanParams};
 use super::types::{Family, Observed};
 
 /// Counts netlink write requests (creates, changes, deletes, FDB updates), failed

@@ -73,10 +73,12 @@ mod events;
 mod observe;
 pub mod plan;
 mod ports;
+mod step;
 mod types;
 
 pub use apply::WriteCounter;
 pub use engine::{Applied, Engine};
 pub use error::{Error, Operation};
-pub use plan::{Plan, Problem, Step, plan};
+pub use plan::{Plan, Problem, plan};
+pub use step::Step;
 pub use types::*;

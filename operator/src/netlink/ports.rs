@@ -10,7 +10,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::plan::{MasterChange, Plan, SetAttrs, Step};
+use super::plan::Plan;
+use super::step::{MasterChange, SetAttrs, Step};
 use super::types::{DesiredKind, DesiredLink, Observed, ObservedKind, marker};
 
 /// Foreign ports by bridge name.
