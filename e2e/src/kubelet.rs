@@ -269,17 +269,10 @@ impl KubeletNode {
 
     /// Runs `program args` on the node; its stdout, or an error with its output.
     pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.command(program)?.args(args).output()?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "{program} {} on {}: {}{}",
-                args.join(" "),
-                self.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::process::run(
+            self.command(program)?.args(args),
+            &format!("{program} {} on {}", args.join(" "), self.name),
+        )
     }
 
     fn install_plugins(&self) -> anyhow::Result<()> {
@@ -332,21 +325,14 @@ impl KubeletNode {
     /// Runs `ctr` against the node's containerd (namespace k8s.io).
     pub fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
         let socket = self.dir.join("run/containerd/containerd.sock");
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(&socket)
-            .args(["--namespace", "k8s.io"])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "ctr {} on {}: {}",
-                args.join(" "),
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::process::run(
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&socket)
+                .args(["--namespace", "k8s.io"])
+                .args(args),
+            &format!("ctr {} on {}", args.join(" "), self.name),
+        )
     }
 
     /// Imports an image archive into the node's containerd, under its name.

@@ -108,20 +108,12 @@ impl NodeNet {
 
     /// Runs a command inside the node's network namespace; fails with its output.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.netns, program])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "{program} {} in {}: {}{}",
-                args.join(" "),
-                self.netns,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::process::run(
+            Command::new("ip")
+                .args(["netns", "exec", &self.netns, program])
+                .args(args),
+            &format!("{program} {} in {}", args.join(" "), self.netns),
+        )
     }
 
     /// The interface's index, or None when it does not exist.

@@ -84,18 +84,12 @@ pub fn count_in(counters: &str, source: &str) -> u64 {
 
 /// Runs `program` in network namespace `netns`; its stdout, or its stderr as error.
 pub fn run_in(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns, program])
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{program} {} in {netns}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::process::run(
+        Command::new("ip")
+            .args(["netns", "exec", netns, program])
+            .args(args),
+        &format!("{program} {} in {netns}", args.join(" ")),
+    )
 }
 
 /// What makes `router` (a pod on `node`) a gateway to the outside: it forwards and

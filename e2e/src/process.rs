@@ -6,6 +6,30 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// Runs `cmd` to completion: its stdout, or an error naming `what` with its stderr
+/// (and stdout, when it printed any). The one way e2e runs a command that must
+/// succeed.
+pub fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .map_err(|e| anyhow::anyhow!("{what}: cannot run: {e}"))?;
+    if !out.status.success() {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stdout = stdout.trim();
+        anyhow::bail!(
+            "{what}: {}{}{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            if stdout.is_empty() {
+                ""
+            } else {
+                "\n--- stdout ---\n"
+            },
+            stdout
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A running child whose output goes to a log file.
 pub struct Process {
     pub name: String,

@@ -101,20 +101,7 @@ pub fn helm(tb: &dyn Testbed, args: &[&str]) -> anyhow::Result<String> {
     )
 }
 
-/// Runs `cmd`; stdout, or an error naming `what` with the output.
-pub fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| anyhow::anyhow!("{what}: cannot run: {e}"))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{what}: {}{}",
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+pub use crate::process::run;
 
 /// Polls `check` every 200 ms until it returns Ok, or fails after `timeout` with the
 /// last error.

@@ -16,15 +16,7 @@ const SLOTS: u16 = 512;
 
 /// Runs an `ip` command, failing with its stderr.
 pub fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::process::run(Command::new("ip").args(args), &format!("ip {}", args.join(" ")))
 }
 
 /// One claimed underlay bridge and its /24.

@@ -279,21 +279,17 @@ impl Pod {
 
     /// Runs a command in the pod's network namespace; fails with its output.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.netns, program])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "{program} {} in pod {}/{}: {}{}",
+        crate::process::run(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &self.netns, program])
+                .args(args),
+            &format!(
+                "{program} {} in pod {}/{}",
                 args.join(" "),
                 self.namespace,
-                self.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                self.name
+            ),
+        )
     }
 
     /// Whether the pod has interface `ifname`.
