@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nno::netlink::{Carrier, DesiredKind, DesiredLink, Engine, VxlanConfig, marker};
+use nno::netlink::{Carrier, DesiredLink, Engine, VxlanConfig, marker};
 use support::Netns;
 
 const N: usize = 100;
@@ -19,32 +19,16 @@ const OWNER: &str = "Benchmark/engine";
 fn desired() -> Vec<DesiredLink> {
     let mut d = Vec::new();
     for i in 0..N {
-        d.push(DesiredLink {
-            name: format!("nbr{i}"),
-            owner: OWNER.into(),
-            kind: DesiredKind::Bridge { mtu: Some(1450) },
-            up: true,
-            adopt: false,
-        });
-        d.push(DesiredLink {
-            name: format!("nvx{i}"),
-            owner: OWNER.into(),
-            kind: DesiredKind::Vxlan(VxlanConfig {
-                vni: 1000 + i as u32,
-                port: 4789,
-                source_ports: None,
-                learning: true,
-                ttl: None,
-                group: None,
-                remote: None,
+        d.push(DesiredLink::bridge(format!("nbr{i}"), OWNER, Some(1450)));
+        d.push(DesiredLink::vxlan(
+            format!("nvx{i}"),
+            OWNER,
+            VxlanConfig {
                 peers: vec!["198.18.0.2".parse().unwrap()],
-                carrier: Carrier::Named("under0".into()),
-                mtu: None,
                 master: Some(format!("nbr{i}")),
-            }),
-            up: true,
-            adopt: false,
-        });
+                ..VxlanConfig::new(1000 + i as u32, Carrier::Named("under0".into()))
+            },
+        ));
     }
     d
 }

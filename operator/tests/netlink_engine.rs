@@ -23,37 +23,13 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn bridge(name: &str, mtu: Option<u32>) -> DesiredLink {
-    DesiredLink {
-        name: name.into(),
-        owner: OWNER.into(),
-        kind: DesiredKind::Bridge { mtu },
-        up: true,
-        adopt: false,
-    }
+    DesiredLink::bridge(name, OWNER, mtu)
 }
 
 fn vxlan(name: &str, carrier: &str, f: impl FnOnce(&mut VxlanConfig)) -> DesiredLink {
-    let mut c = VxlanConfig {
-        vni: 100,
-        port: 4789,
-        source_ports: None,
-        learning: true,
-        ttl: None,
-        group: None,
-        remote: None,
-        peers: vec![],
-        carrier: Carrier::Named(carrier.into()),
-        mtu: None,
-        master: None,
-    };
+    let mut c = VxlanConfig::new(100, Carrier::Named(carrier.into()));
     f(&mut c);
-    DesiredLink {
-        name: name.into(),
-        owner: OWNER.into(),
-        kind: DesiredKind::Vxlan(c),
-        up: true,
-        adopt: false,
-    }
+    DesiredLink::vxlan(name, OWNER, c)
 }
 
 /// The gateway-network shape: a bridge and a VXLAN with unicast peers on it.

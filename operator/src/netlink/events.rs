@@ -170,25 +170,14 @@ mod tests {
     }
 
     fn vxlan(carrier: Carrier) -> DesiredLink {
-        DesiredLink {
-            name: "vx0".into(),
-            owner: "Network/gw".into(),
-            kind: DesiredKind::Vxlan(VxlanConfig {
-                vni: 10,
-                port: 4789,
-                source_ports: None,
-                learning: true,
-                ttl: None,
-                group: None,
-                remote: None,
-                peers: vec![],
-                carrier,
-                mtu: None,
+        DesiredLink::vxlan(
+            "vx0",
+            "Network/gw",
+            VxlanConfig {
                 master: Some("br0".into()),
-            }),
-            up: true,
-            adopt: false,
-        }
+                ..VxlanConfig::new(10, carrier)
+            },
+        )
     }
 
     fn interest(desired: &[DesiredLink]) -> Interest {

@@ -122,13 +122,7 @@ mod tests {
     use crate::netlink::types::{ObservedLink, OperState, marker};
 
     fn bridge(name: &str) -> DesiredLink {
-        DesiredLink {
-            name: name.into(),
-            owner: "Network/gw".into(),
-            kind: DesiredKind::Bridge { mtu: None },
-            up: true,
-            adopt: false,
-        }
+        DesiredLink::bridge(name, "Network/gw", None)
     }
 
     fn link(index: u32, name: &str, kind: &str, master: Option<u32>, owned: bool) -> ObservedLink {

@@ -23,6 +23,50 @@ pub struct DesiredLink {
     pub adopt: bool,
 }
 
+impl DesiredLink {
+    /// A bridge for `owner`, up, with MTU `mtu` (the kernel's default without).
+    pub fn bridge(name: impl Into<String>, owner: impl Into<String>, mtu: Option<u32>) -> Self {
+        Self {
+            name: name.into(),
+            owner: owner.into(),
+            kind: DesiredKind::Bridge { mtu },
+            up: true,
+            adopt: false,
+        }
+    }
+
+    /// A VXLAN for `owner`, up.
+    pub fn vxlan(name: impl Into<String>, owner: impl Into<String>, config: VxlanConfig) -> Self {
+        Self {
+            name: name.into(),
+            owner: owner.into(),
+            kind: DesiredKind::Vxlan(config),
+            up: true,
+            adopt: false,
+        }
+    }
+}
+
+impl VxlanConfig {
+    /// VNI `vni` on `carrier`: the IANA port 4789, learning on, and nothing else
+    /// (no group, remote or peers, no master, the MTU the carrier allows).
+    pub fn new(vni: u32, carrier: Carrier) -> Self {
+        Self {
+            vni,
+            port: 4789,
+            source_ports: None,
+            learning: true,
+            ttl: None,
+            group: None,
+            remote: None,
+            peers: vec![],
+            carrier,
+            mtu: None,
+            master: None,
+        }
+    }
+}
+
 /// What kind of interface, and its settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DesiredKind {

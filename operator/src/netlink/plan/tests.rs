@@ -11,41 +11,17 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn bridge(name: &str, mtu: Option<u32>) -> DesiredLink {
-    DesiredLink {
-        name: name.into(),
-        owner: OWNER.into(),
-        kind: DesiredKind::Bridge { mtu },
-        up: true,
-        adopt: false,
-    }
+    DesiredLink::bridge(name, OWNER, mtu)
 }
 
 fn cfg() -> VxlanConfig {
-    VxlanConfig {
-        vni: 100,
-        port: 4789,
-        source_ports: None,
-        learning: true,
-        ttl: None,
-        group: None,
-        remote: None,
-        peers: vec![],
-        carrier: Carrier::Named("eth1".into()),
-        mtu: None,
-        master: None,
-    }
+    VxlanConfig::new(100, Carrier::Named("eth1".into()))
 }
 
 fn vxlan(name: &str, f: impl FnOnce(&mut VxlanConfig)) -> DesiredLink {
     let mut c = cfg();
     f(&mut c);
-    DesiredLink {
-        name: name.into(),
-        owner: OWNER.into(),
-        kind: DesiredKind::Vxlan(c),
-        up: true,
-        adopt: false,
-    }
+    DesiredLink::vxlan(name, OWNER, c)
 }
 
 fn unmanaged(name: &str, master: Option<&str>) -> DesiredLink {
