@@ -120,13 +120,11 @@ pub struct NetworkFacts<'a> {
 
 /// The Network's new status; `old` provides the condition transition times.
 pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> NetworkStatus {
-    let problems: Vec<NodeProblem> = facts
-        .nodes
-        .iter()
-        .filter_map(|n| node_problem(n, &facts.owner, &facts.interfaces, facts.generation))
-        .collect();
-    let desired = facts.nodes.len() as u32;
-    let ready = desired - problems.len() as u32;
+    let Rollup {
+        problems,
+        desired,
+        ready,
+    } = Rollup::of(&facts.nodes, &facts.owner, &facts.interfaces, facts.generation);
 
     let (ready_status, ready_reason, ready_message) = if let Some(conflict) = &facts.conflict {
         (status::FALSE, reason::CONFLICT, conflict.message())
@@ -159,70 +157,22 @@ pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> 
         (status::FALSE, reason::WAITING_FOR_NODES, message.to_string())
     } else if let Err(e) = &facts.attachments {
         (status::FALSE, reason::ATTACHMENTS_FAILED, e.clone())
-    } else if desired == 0 {
-        (
-            status::FALSE,
-            reason::NO_NODES_SELECTED,
-            "spec.nodeSelector matches no node".to_string(),
-        )
-    } else if ready < desired {
-        (
-            status::FALSE,
-            reason::NODES_NOT_READY,
-            format!("{ready} of {desired} nodes are Ready"),
-        )
     } else {
-        (
-            status::TRUE,
-            reason::READY,
-            format!("Ready on all {desired} selected nodes"),
-        )
+        ready_over_nodes(desired, ready)
     };
 
-    let degraded = !problems.is_empty() || matches!(facts.mtu, Effective::TooLarge { .. });
-    let (degraded_status, degraded_reason, degraded_message) = if degraded {
-        let message = match &facts.mtu {
-            Effective::TooLarge { .. } => ready_message.clone(),
-            _ => format!("{} of {desired} selected nodes are not Ready", problems.len()),
-        };
-        let reason = if matches!(facts.mtu, Effective::TooLarge { .. }) {
-            reason::MTU_TOO_LARGE
-        } else {
-            reason::NODES_NOT_READY
-        };
-        (status::TRUE, reason, message)
-    } else {
-        (status::FALSE, reason::AS_EXPECTED, String::new())
+    let degraded = match &facts.mtu {
+        Effective::TooLarge { .. } => (status::TRUE, reason::MTU_TOO_LARGE, ready_message.clone()),
+        _ => degraded_over_nodes(&problems, desired),
     };
-    let (conflict_status, conflict_reason, conflict_message) =
-        conflict_condition(facts.conflict.as_ref(), &facts.contested);
-
-    let mut conditions = old.map(|o| o.conditions.clone()).unwrap_or_default();
+    let conditions = rolled_up(
+        old.map(|o| o.conditions.as_slice()),
+        facts.generation,
+        (ready_status, ready_reason, ready_message),
+        degraded,
+        conflict_condition(facts.conflict.as_ref(), &facts.contested),
+    );
     let generation = facts.generation;
-    set_condition(
-        &mut conditions,
-        condition(cond::READY, ready_status, ready_reason, ready_message, generation),
-    );
-    set_condition(
-        &mut conditions,
-        condition(
-            cond::DEGRADED,
-            degraded_status,
-            degraded_reason,
-            degraded_message,
-            generation,
-        ),
-    );
-    set_condition(
-        &mut conditions,
-        condition(
-            cond::CONFLICT,
-            conflict_status,
-            conflict_reason,
-            conflict_message,
-            generation,
-        ),
-    );
 
     let mtu = match &facts.mtu {
         Effective::Known { mtu, .. } | Effective::TooLarge { mtu, .. } => Some(*mtu),
@@ -249,12 +199,92 @@ pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> 
     }
 }
 
+/// What the selected nodes report of one Network or Link, the part of the status
+/// both kinds share.
+struct Rollup {
+    problems: Vec<NodeProblem>,
+    desired: u32,
+    ready: u32,
+}
+
+impl Rollup {
+    fn of(nodes: &[NodeReport<'_>], owner: &Owner, expected: &[String], generation: Option<i64>) -> Self {
+        let problems: Vec<NodeProblem> = nodes
+            .iter()
+            .filter_map(|n| node_problem(n, owner, expected, generation))
+            .collect();
+        let desired = nodes.len() as u32;
+        let ready = desired - problems.len() as u32;
+        Self {
+            problems,
+            desired,
+            ready,
+        }
+    }
+}
+
+/// A condition's (status, reason, message).
+type Verdict = (&'static str, &'static str, String);
+
+/// `Ready` as the nodes say it, once nothing else stands in the way.
+fn ready_over_nodes(desired: u32, ready: u32) -> Verdict {
+    if desired == 0 {
+        (
+            status::FALSE,
+            reason::NO_NODES_SELECTED,
+            "spec.nodeSelector matches no node".to_string(),
+        )
+    } else if ready < desired {
+        (
+            status::FALSE,
+            reason::NODES_NOT_READY,
+            format!("{ready} of {desired} nodes are Ready"),
+        )
+    } else {
+        (
+            status::TRUE,
+            reason::READY,
+            format!("Ready on all {desired} selected nodes"),
+        )
+    }
+}
+
+/// `Degraded` as the nodes say it.
+fn degraded_over_nodes(problems: &[NodeProblem], desired: u32) -> Verdict {
+    if problems.is_empty() {
+        (status::FALSE, reason::AS_EXPECTED, String::new())
+    } else {
+        (
+            status::TRUE,
+            reason::NODES_NOT_READY,
+            format!("{} of {desired} selected nodes are not Ready", problems.len()),
+        )
+    }
+}
+
+/// The three conditions both kinds carry, on top of the old ones (which keep their
+/// transition times where nothing changed).
+fn rolled_up(
+    old: Option<&[Condition]>,
+    generation: Option<i64>,
+    ready: Verdict,
+    degraded: Verdict,
+    conflict: Verdict,
+) -> Vec<Condition> {
+    let mut conditions = old.map(<[Condition]>::to_vec).unwrap_or_default();
+    for (type_, (s, r, m)) in [
+        (cond::READY, ready),
+        (cond::DEGRADED, degraded),
+        (cond::CONFLICT, conflict),
+    ] {
+        set_condition(&mut conditions, condition(type_, s, r, m, generation));
+    }
+    conditions
+}
+
 /// The `Conflict` condition of a Network or Link: True when it lost a claim; False,
 /// and saying so, when it keeps one that a newer object waits for.
-fn conflict_condition(
-    conflict: Option<&Conflict>,
-    contested: &[(Owner, Conflict)],
-) -> (&'static str, &'static str, String) {
+fn conflict_condition(conflict: Option<&Conflict>, contested: &[(Owner, Conflict)]) -> Verdict {
     match conflict {
         Some(c) => (status::TRUE, reason::CONFLICT, c.message()),
         None if !contested.is_empty() => (
@@ -276,45 +306,22 @@ pub fn link_status(
     contested: &[(Owner, Conflict)],
     old: Option<&LinkStatus>,
 ) -> LinkStatus {
-    let expected = [interface.to_string()];
-    let problems: Vec<NodeProblem> = nodes
-        .iter()
-        .filter_map(|n| node_problem(n, owner, &expected, generation))
-        .collect();
-    let desired = nodes.len() as u32;
-    let ready = desired - problems.len() as u32;
-    let (s, r, m) = match conflict {
+    let Rollup {
+        problems,
+        desired,
+        ready,
+    } = Rollup::of(nodes, owner, &[interface.to_string()], generation);
+    let ready_condition = match conflict {
         Some(c) => (status::FALSE, reason::CONFLICT, c.message()),
-        None if desired == 0 => (
-            status::FALSE,
-            reason::NO_NODES_SELECTED,
-            "spec.nodeSelector matches no node".into(),
-        ),
-        None if ready < desired => (
-            status::FALSE,
-            reason::NODES_NOT_READY,
-            format!("{ready} of {desired} nodes are Ready"),
-        ),
-        None => (
-            status::TRUE,
-            reason::READY,
-            format!("Ready on all {desired} selected nodes"),
-        ),
+        None => ready_over_nodes(desired, ready),
     };
-    let mut conditions: Vec<Condition> = old.map(|o| o.conditions.clone()).unwrap_or_default();
-    set_condition(&mut conditions, condition(cond::READY, s, r, m, generation));
-    let (ds, dr, dm) = if problems.is_empty() {
-        (status::FALSE, reason::AS_EXPECTED, String::new())
-    } else {
-        (
-            status::TRUE,
-            reason::NODES_NOT_READY,
-            format!("{} of {desired} selected nodes are not Ready", problems.len()),
-        )
-    };
-    set_condition(&mut conditions, condition(cond::DEGRADED, ds, dr, dm, generation));
-    let (cs, cr, cm) = conflict_condition(conflict, contested);
-    set_condition(&mut conditions, condition(cond::CONFLICT, cs, cr, cm, generation));
+    let conditions = rolled_up(
+        old.map(|o| o.conditions.as_slice()),
+        generation,
+        ready_condition,
+        degraded_over_nodes(&problems, desired),
+        conflict_condition(conflict, contested),
+    );
     LinkStatus {
         conditions,
         observed_generation: generation,
