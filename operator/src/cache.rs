@@ -21,23 +21,31 @@ use tracing::{debug, warn};
 /// Counts watch failures, for the API-error metrics.
 pub type OnError = std::sync::Arc<dyn Fn() + Send + Sync>;
 
-/// A cache of `K` and the future that keeps it (drive it on a task); every change is
-/// signalled on `changed`, every watch failure counted by `on_error`.
-pub fn cache<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    changed: watch::Sender<()>,
-    on_error: OnError,
-) -> (Store<K>, impl std::future::Future<Output = ()> + Send + 'static)
-where
+/// What a cache can hold: a cluster- or namespace-scoped kind kube can watch.
+pub trait Cacheable:
+    Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<K> Cacheable for K where
     K: Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+/// A cache of `K` and the future that keeps it (drive it on a task); every change is
+/// signalled on `changed`, every watch failure counted by `on_error`.
+pub fn cache<K: Cacheable>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: watch::Sender<()>,
+    on_error: OnError,
+) -> (Store<K>, impl std::future::Future<Output = ()> + Send + 'static) {
     let (reader, writer) = reflector::store();
     let events = reflector::reflector(writer, watcher(api, config));
     (reader, drive::<K>(events, changed, on_error, || true))
@@ -46,23 +54,13 @@ where
 /// Like [`cache`], but each object is cut down by `trim` to the fields its reader
 /// uses before it is stored, and only a change of those is signalled: a cache of
 /// Nodes that keeps their labels and addresses is not woken by every status update.
-pub fn trimmed_cache<K>(
+pub fn trimmed_cache<K: Cacheable + PartialEq>(
     api: Api<K>,
     config: watcher::Config,
     changed: watch::Sender<()>,
     on_error: OnError,
     trim: fn(&mut K),
-) -> (Store<K>, impl std::future::Future<Output = ()> + Send + 'static)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + PartialEq
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+) -> (Store<K>, impl std::future::Future<Output = ()> + Send + 'static) {
     let (reader, writer) = reflector::store();
     // The stream is one pipeline: an event is trimmed and compared with the stored
     // copy here, then stored by the reflector, then seen by `drive`, before the next.
