@@ -255,6 +255,20 @@ pub fn parse_command(env: &Env) -> Result<Command, CniError> {
 /// Parses a whole call: the environment, then the configuration on stdin.
 pub fn parse(env: &Env, stdin: &[u8]) -> Result<Request, CniError> {
     let command = parse_command(env)?;
+    parse_as(command, env, stdin).map_err(|r| r.error)
+}
+
+/// Why a call is refused, and the version to answer in: the configuration's, when
+/// it names one this plugin supports.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub error: CniError,
+    pub version: Option<CniVersion>,
+}
+
+/// Parses a call of `command` (already read from the environment), reading stdin
+/// once: the refusal carries the version the configuration asked for.
+pub fn parse_as(command: Command, env: &Env, stdin: &[u8]) -> Result<Request, Refusal> {
     if command == Command::Version {
         return Ok(Request {
             command,
@@ -263,14 +277,32 @@ pub fn parse(env: &Env, stdin: &[u8]) -> Result<Request, CniError> {
             version_asked: version_asked(stdin),
         });
     }
-    let params = parse_params(env, command)?;
-    let conf = parse_conf(stdin, command)?;
+    let top = decode_top(stdin);
+    let version = top.as_ref().ok().and_then(version_in);
+    let refuse = |error| Refusal { error, version };
+    let params = parse_params(env, command).map_err(refuse)?;
+    let top = top.map_err(|error| Refusal { error, version: None })?;
+    let conf = parse_conf(&top, command).map_err(refuse)?;
     Ok(Request {
         command,
         params,
         conf: Some(conf),
         version_asked: None,
     })
+}
+
+/// The configuration's top-level keys, undecoded.
+fn decode_top(stdin: &[u8]) -> Result<BTreeMap<String, &RawValue>, CniError> {
+    let decode = |msg: String| CniError::new(code::DECODING_FAILURE, msg);
+    let text = std::str::from_utf8(stdin)
+        .map_err(|e| decode(format!("error unmarshalling network config: not UTF-8 ({e})")))?;
+    serde_json::from_str(text).map_err(|e| decode(format!("error unmarshalling network config: {e}")))
+}
+
+/// The supported version the configuration names, if any.
+fn version_in(top: &BTreeMap<String, &RawValue>) -> Option<CniVersion> {
+    let raw = top.get("cniVersion")?;
+    CniVersion::parse(&serde_json::from_str::<String>(raw.get()).ok()?)
 }
 
 fn parse_params(env: &Env, command: Command) -> Result<Params, CniError> {
@@ -325,14 +357,9 @@ fn version_asked(stdin: &[u8]) -> Option<String> {
     top.get("cniVersion")?.as_str().map(str::to_string)
 }
 
-fn parse_conf(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
+fn parse_conf(top: &BTreeMap<String, &RawValue>, command: Command) -> Result<NetConf, CniError> {
     let decode = |msg: String| CniError::new(code::DECODING_FAILURE, msg);
     let invalid = |msg: String| CniError::new(code::INVALID_CONFIG, msg);
-
-    let text = std::str::from_utf8(stdin)
-        .map_err(|e| decode(format!("error unmarshalling network config: not UTF-8 ({e})")))?;
-    let top: BTreeMap<String, &RawValue> =
-        serde_json::from_str(text).map_err(|e| decode(format!("error unmarshalling network config: {e}")))?;
 
     // A string field; `Ok(None)` when absent or null.
     let string = |key: &str| -> Result<Option<String>, CniError> {

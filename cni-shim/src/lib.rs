@@ -46,12 +46,15 @@ pub fn run(env: &Env, stdin: &mut dyn Read) -> Outcome {
     let command = cni::parse_command(env);
     let input = read_stdin(stdin);
     let parsed = match (&command, &input) {
-        (Err(e), _) | (_, Err(e)) => Err(e.clone()),
-        (Ok(_), Ok(bytes)) => cni::parse(env, bytes),
+        (Err(e), _) | (_, Err(e)) => Err(cni::Refusal {
+            error: e.clone(),
+            version: input.as_deref().ok().and_then(version_of),
+        }),
+        (Ok(command), Ok(bytes)) => cni::parse_as(*command, env, bytes),
     };
     let request = match parsed {
         Ok(request) => request,
-        Err(err) if command == Ok(Command::Del) => {
+        Err(cni::Refusal { error: err, .. }) if command == Ok(Command::Del) => {
             // DEL must never fail: a failed DEL wedges the pod's teardown, and the
             // shim has nothing to undo anyway.
             eprintln!(
@@ -60,13 +63,9 @@ pub fn run(env: &Env, stdin: &mut dyn Read) -> Outcome {
             );
             return Outcome::ok(String::new());
         }
-        Err(err) => {
-            let version = input
-                .as_deref()
-                .ok()
-                .and_then(version_of)
-                .unwrap_or(CniVersion::LATEST);
-            return Outcome::error(&err, version);
+        Err(refusal) => {
+            let version = refusal.version.unwrap_or(CniVersion::LATEST);
+            return Outcome::error(&refusal.error, version);
         }
     };
     let Some(conf) = &request.conf else {
