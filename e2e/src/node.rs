@@ -101,19 +101,22 @@ impl NodeNet {
 
     /// Runs `ip` inside the node.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut full = vec!["-n", &self.netns];
-        full.extend_from_slice(args);
-        ip(&full)
+        crate::underlay::ip_in(&self.netns, args)
     }
 
     /// Runs a command inside the node's network namespace; fails with its output.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        crate::process::run(
-            Command::new("ip")
-                .args(["netns", "exec", &self.netns, program])
-                .args(args),
-            &format!("{program} {} in {}", args.join(" "), self.netns),
-        )
+        crate::underlay::exec_in(&self.netns, &self.netns, program, args)
+    }
+
+    /// Names of the interfaces enslaved to `bridge` on the node.
+    pub fn ports(&self, bridge: &str) -> anyhow::Result<Vec<String>> {
+        let out = self.ip(&["-j", "link", "show", "master", bridge])?;
+        let links: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+        Ok(links
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(String::from))
+            .collect())
     }
 
     /// The interface's index, or None when it does not exist.

@@ -2,8 +2,6 @@
 //! that counts the ICMP packets it receives per source address. The gateway tests
 //! and nno-local use it as "the internet" a router pod sends its clients' traffic to.
 
-use std::process::Command;
-
 use crate::cluster::Cluster;
 use crate::underlay::ip;
 
@@ -84,12 +82,7 @@ pub fn count_in(counters: &str, source: &str) -> u64 {
 
 /// Runs `program` in network namespace `netns`; its stdout, or its stderr as error.
 pub fn run_in(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
-    crate::process::run(
-        Command::new("ip")
-            .args(["netns", "exec", netns, program])
-            .args(args),
-        &format!("{program} {} in {netns}", args.join(" ")),
-    )
+    crate::underlay::exec_in(netns, netns, program, args)
 }
 
 /// What makes `router` (a pod on `node`) a gateway to the outside: it forwards and

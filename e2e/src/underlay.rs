@@ -19,6 +19,24 @@ pub fn ip(args: &[&str]) -> anyhow::Result<String> {
     crate::process::run(Command::new("ip").args(args), &format!("ip {}", args.join(" ")))
 }
 
+/// `ip -n netns args`.
+pub fn ip_in(netns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut full = vec!["-n", netns];
+    full.extend_from_slice(args);
+    ip(&full)
+}
+
+/// Runs `program` in network namespace `netns`, failing with its output, which
+/// names it as running in `place` (a node, a pod, the outside host).
+pub fn exec_in(netns: &str, place: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    crate::process::run(
+        Command::new("ip")
+            .args(["netns", "exec", netns, program])
+            .args(args),
+        &format!("{program} {} in {place}", args.join(" ")),
+    )
+}
+
 /// One claimed underlay bridge and its /24.
 #[derive(Debug)]
 pub struct Underlay {

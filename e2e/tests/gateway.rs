@@ -344,7 +344,7 @@ async fn an_attachment_is_refused_on_another_networks_bridge_of_its_name() {
         assert!(text.contains(expected), "the refusal says {expected:?}:\n{text}");
     }
     assert!(!wrong.has_interface("net1"));
-    assert!(!ports(&b, "br-same").iter().any(|p| p.contains("veth")));
+    assert!(!b.ports("br-same").unwrap().iter().any(|p| p.contains("veth")));
     wrong.del_ok().await.unwrap();
 
     let right = Pod::create(
@@ -361,12 +361,4 @@ async fn an_attachment_is_refused_on_another_networks_bridge_of_its_name() {
     assert!(out.success(), "ADD: {}\n{}", out.stdout, out.stderr);
     assert_eq!(right.ipv4("net1").unwrap().to_string(), "192.168.60.1");
     right.del_ok().await.unwrap();
-}
-
-fn ports(node: &SimNode, bridge: &str) -> Vec<String> {
-    node.ip(&["-o", "link", "show", "master", bridge])
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
 }

@@ -30,12 +30,7 @@ fn bridge_nad(ipam: Value) -> Value {
 
 /// Names of the interfaces enslaved to `bridge` on `node`.
 fn ports(node: &SimNode, bridge: &str) -> Vec<String> {
-    let out = node.ip(&["-j", "link", "show", "master", bridge]).unwrap();
-    let links: Vec<Value> = serde_json::from_str(&out).unwrap();
-    links
-        .iter()
-        .map(|l| l["ifname"].as_str().unwrap().to_string())
-        .collect()
+    node.ports(bridge).unwrap()
 }
 
 fn in_range(ip: Ipv4Addr) -> bool {

@@ -272,24 +272,13 @@ impl Pod {
 
     /// Runs `ip` in the pod.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut full = vec!["-n", &self.netns];
-        full.extend_from_slice(args);
-        ip(&full)
+        crate::underlay::ip_in(&self.netns, args)
     }
 
     /// Runs a command in the pod's network namespace; fails with its output.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        crate::process::run(
-            std::process::Command::new("ip")
-                .args(["netns", "exec", &self.netns, program])
-                .args(args),
-            &format!(
-                "{program} {} in pod {}/{}",
-                args.join(" "),
-                self.namespace,
-                self.name
-            ),
-        )
+        let place = format!("pod {}/{}", self.namespace, self.name);
+        crate::underlay::exec_in(&self.netns, &place, program, args)
     }
 
     /// Whether the pod has interface `ifname`.

@@ -28,18 +28,7 @@ pub async fn gateway_demo(tb: &dyn Testbed) -> anyhow::Result<GatewayDemo> {
     let pods = repo("samples/gateway-network/pods.yaml");
     println!("$ kubectl apply -f {}", pods.display());
     kubectl(tb, &["apply", "-n", "default", "-f", &pods.display().to_string()])?;
-    kubectl(
-        tb,
-        &[
-            "wait",
-            "-n",
-            "default",
-            "--for=condition=Ready",
-            "pod/client",
-            "pod/router",
-            "--timeout=180s",
-        ],
-    )?;
+    pods_ready(tb, &["pod/client", "pod/router"], 180)?;
     let client_node = pod_node(tb, "default", "client").await?;
     let router_node = pod_node(tb, "default", "router").await?;
     let (client_ip, router_ip) = (
@@ -187,17 +176,7 @@ spec:
         image = crate::image::TOOLS_IMAGE
     );
     apply(tb, &echo)?;
-    kubectl(
-        tb,
-        &[
-            "wait",
-            "-n",
-            "default",
-            "--for=condition=Ready",
-            "pod/echo",
-            "--timeout=120s",
-        ],
-    )?;
+    pods_ready(tb, &["pod/echo"], 120)?;
     let echo_ip = kubectl(
         tb,
         &[

@@ -210,6 +210,16 @@ fn vxlan_in_bridge(tb: &dyn Testbed, node: &str, vxlan: &str, bridge: &str) -> a
     Ok(())
 }
 
+/// `kubectl wait` until `pods` (`pod/<name>` in namespace default) are Ready,
+/// within `seconds`.
+fn pods_ready(tb: &dyn Testbed, pods: &[&str], seconds: u32) -> anyhow::Result<()> {
+    let timeout = format!("--timeout={seconds}s");
+    let mut args = vec!["wait", "-n", "default", "--for=condition=Ready"];
+    args.extend_from_slice(pods);
+    args.push(&timeout);
+    kubectl(tb, &args).map(|_| ())
+}
+
 /// `kubectl exec` of `command` in pod `default/pod`; its stdout.
 fn in_pod(tb: &dyn Testbed, pod: &str, command: &[&str]) -> anyhow::Result<String> {
     let mut args = vec!["exec", "-n", "default", pod, "--"];

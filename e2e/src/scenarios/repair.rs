@@ -294,17 +294,7 @@ spec:
     tb.on_node(&node, "ip", &["link", "set", "carrier0p", "up"])?;
     tb.on_node(&node, "ip", &["link", "set", "carrier0", "up"])?;
     let carrier_at = Instant::now();
-    kubectl(
-        tb,
-        &[
-            "wait",
-            "-n",
-            "default",
-            "--for=condition=Ready",
-            "pod/waits",
-            "--timeout=120s",
-        ],
-    )?;
+    pods_ready(tb, &["pod/waits"], 120)?;
     println!(
         "pod Running {:.1?} after the carrier appeared",
         carrier_at.elapsed()
