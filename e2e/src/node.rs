@@ -185,6 +185,8 @@ pub struct SimNode {
     log_dir: PathBuf,
     agent: Option<Process>,
     starts: u32,
+    /// Further arguments of every agent this node starts (e.g. `--probe-timeout=3s`).
+    pub agent_args: Vec<String>,
 }
 
 impl std::ops::Deref for SimNode {
@@ -213,6 +215,7 @@ impl SimNode {
             log_dir: cluster.dir().to_path_buf(),
             agent: None,
             starts: 0,
+            agent_args: Vec::new(),
         };
         node.register(cluster, labels).await?;
         Ok(node)
@@ -275,6 +278,7 @@ impl SimNode {
             .arg("--socket")
             .arg(&self.socket)
             .arg(format!("--metrics-addr={}:9092", self.address))
+            .args(&self.agent_args)
             .env("RUST_LOG", "info,kube=warn,nno::netlink=debug");
         let log_name = format!("agent-{}-{}", self.name, self.starts);
         self.agent = Some(Process::spawn(&log_name, cmd, &self.log_dir)?);
@@ -286,6 +290,11 @@ impl SimNode {
         if let Some(mut agent) = self.agent.take() {
             agent.stop(Duration::from_secs(5));
         }
+    }
+
+    /// The running agent's process ID.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Process::pid)
     }
 
     /// The running agent's log so far.

@@ -241,6 +241,21 @@ async fn invalid_objects_are_refused_with_the_field_named() {
             &["spec.vxlan.remotes", "unspecified"],
         ),
         (
+            "maxUnavailable zero",
+            with(n(), "/spec/rollout", json!({"maxUnavailable": 0})),
+            &["spec.rollout.maxUnavailable", "at least 1"],
+        ),
+        (
+            "maxUnavailable 0%",
+            with(n(), "/spec/rollout", json!({"maxUnavailable": "0%"})),
+            &["spec.rollout.maxUnavailable", "percentage"],
+        ),
+        (
+            "maxUnavailable not a percentage",
+            with(n(), "/spec/rollout", json!({"maxUnavailable": "two"})),
+            &["spec.rollout.maxUnavailable", "percentage"],
+        ),
+        (
             "remotes of two families",
             with(
                 with(n(), "/spec/vxlan/group", Value::Null),
@@ -535,6 +550,13 @@ async fn status_goes_through_the_subresource_and_shows_in_kubectl() {
             reason: "CarrierMissing".into(),
             message: "no route to 239.1.1.1".into(),
         }],
+        rollout: Some(nno::api::rollout::RolloutStatus {
+            generation: 1,
+            nodes: vec!["node-a".into(), "node-b".into()],
+            updated_nodes: 1,
+            progress: Some("1/3".into()),
+            halted: None,
+        }),
     };
     let body = json!({"apiVersion": "nno.dev/v1alpha1", "kind": "Network", "status": status_});
     let params = PatchParams::apply("nno.dev/controller").force();
@@ -566,11 +588,15 @@ async fn status_goes_through_the_subresource_and_shows_in_kubectl() {
     let header: Vec<_> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "READY", "NODES", "MTU", "BRIDGE", "AGE"],
+        ["NAME", "READY", "NODES", "MTU", "BRIDGE", "UPDATED", "AGE"],
         "{table}"
     );
     let row: Vec<_> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(&row[..5], ["shown", "False", "2/3", "1450", "br-test"], "{table}");
+    assert_eq!(
+        &row[..6],
+        ["shown", "False", "2/3", "1450", "br-test", "1/3"],
+        "{table}"
+    );
 
     // `kubectl wait --for=condition=Ready` reads the same condition, and only trusts
     // it once it describes the current generation.

@@ -448,6 +448,7 @@ async fn kernel_errors_name_the_operation_and_the_interface() {
             kind: DesiredKind::Unmanaged {
                 master: Some("br0".into()),
                 allow_uplink: false,
+                release: false,
             },
             up: true,
             adopt: false,
@@ -700,6 +701,28 @@ async fn multicast_group_and_remote_change_in_place() {
     assert_all_ready(&pass(&mut engine, &desired).await.0);
     let index = ns.ifindex("vx0").unwrap();
     assert_eq!(ns.zero_fdb("vx0"), ["239.1.1.1".to_string()].into());
+    let entry = || ns.bridge(&["-j", "fdb", "show", "dev", "vx0"]);
+    let made = entry();
+
+    // The group's own entry deleted out of band: put back as the kernel made it,
+    // through the carrier.
+    ns.bridge(&[
+        "fdb",
+        "del",
+        "00:00:00:00:00:00",
+        "dev",
+        "vx0",
+        "dst",
+        "239.1.1.1",
+        "via",
+        "under0",
+    ]);
+    assert!(ns.zero_fdb("vx0").is_empty());
+    let (states, writes) = pass(&mut engine, &desired).await;
+    assert_all_ready(&states);
+    assert_eq!(writes, 1);
+    assert_eq!(entry(), made, "the same entry as at creation");
+    assert_eq!(pass(&mut engine, &desired).await.1, 0);
 
     vx_config(&mut desired[0]).group = Some(ip("239.1.1.2"));
     let (states, writes) = pass(&mut engine, &desired).await;
@@ -958,6 +981,7 @@ async fn enslaving_an_interface_with_the_nodes_address_is_refused_unless_allowed
         kind: DesiredKind::Unmanaged {
             master: Some("br0".into()),
             allow_uplink,
+            release: false,
         },
         up: true,
         adopt: false,

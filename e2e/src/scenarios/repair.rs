@@ -38,7 +38,8 @@ pub(super) fn ping_router(tb: &dyn Testbed, count: u32) -> anyhow::Result<(u64, 
 /// Out-of-band changes on the router's node, each repaired by the agent, the
 /// pods' traffic across the gateway network back at once and staying up: the bridge
 /// deleted (its pod ports attached again), the VXLAN deleted, the router's port
-/// removed from the bridge, the bridge set down, the VXLAN's MTU changed.
+/// removed from the bridge, the bridge set down, the VXLAN's MTU changed, the
+/// VXLAN's FDB entry for its group removed.
 pub(super) async fn repair(tb: &dyn Testbed) -> anyhow::Result<()> {
     let node = pod_node(tb, "default", "router").await?;
     let (sent, received) = ping_router(tb, 5)?;
@@ -54,18 +55,30 @@ pub(super) async fn repair(tb: &dyn Testbed) -> anyhow::Result<()> {
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .next()
         .ok_or_else(|| anyhow::anyhow!("no pod port in br-gateway on {node}"))?;
-    let changes: Vec<(&str, Vec<&str>)> = vec![
-        ("bridge deleted", vec!["link", "del", "br-gateway"]),
-        ("VXLAN deleted", vec!["link", "del", "vxlan5088"]),
-        ("pod port removed", vec!["link", "set", &router_port, "nomaster"]),
-        ("bridge set down", vec!["link", "set", "br-gateway", "down"]),
+    // The FDB entry removed: the group's own all-zero entry, after the MACs the
+    // VXLAN learned, so that every frame to the client needs the flood it gave.
+    let fdb_removed = "bridge fdb show dev vxlan5088 | awk '/ self/ && $1 != \"00:00:00:00:00:00\" {print $1}' \
+        | while read -r mac; do bridge fdb del \"$mac\" dev vxlan5088 self; done; \
+        via=$(bridge fdb show dev vxlan5088 | awk '$1 == \"00:00:00:00:00:00\" && $3 == \"239.1.1.88\" {print $5}'); \
+        bridge fdb del 00:00:00:00:00:00 dev vxlan5088 dst 239.1.1.88 via \"$via\"";
+    let changes: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("bridge deleted", "ip", vec!["link", "del", "br-gateway"]),
+        ("VXLAN deleted", "ip", vec!["link", "del", "vxlan5088"]),
+        (
+            "pod port removed",
+            "ip",
+            vec!["link", "set", &router_port, "nomaster"],
+        ),
+        ("bridge set down", "ip", vec!["link", "set", "br-gateway", "down"]),
         (
             "VXLAN MTU changed",
+            "ip",
             vec!["link", "set", "vxlan5088", "mtu", "1300"],
         ),
+        ("FDB entry removed", "sh", vec!["-c", fdb_removed]),
     ];
-    for (what, args) in changes {
-        tb.on_node(&node, "ip", &args)?;
+    for (what, command, args) in changes {
+        tb.on_node(&node, command, &args)?;
         let back = ping_back(tb, Duration::from_secs(10)).await?;
         let (sent, received) = ping_router(tb, 10)?;
         println!("{what} on {node}: traffic back in {back:.1?}, then {received} of {sent} pings answered");
@@ -82,6 +95,11 @@ pub(super) async fn repair(tb: &dyn Testbed) -> anyhow::Result<()> {
         anyhow::ensure!(
             ports.contains(&router_port),
             "{what}: the router's port is back: {ports}"
+        );
+        let fdb = tb.on_node(&node, "bridge", &["fdb", "show", "dev", "vxlan5088"])?;
+        anyhow::ensure!(
+            fdb.contains("00:00:00:00:00:00 dst 239.1.1.88"),
+            "{what}: the group's FDB entry is there: {fdb}"
         );
     }
     Ok(())

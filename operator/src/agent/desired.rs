@@ -385,6 +385,7 @@ fn link_want(link: &Link, resolved: &deps::Resolved) -> Want {
             Some(DesiredKind::Unmanaged {
                 master: resolved.master.clone(),
                 allow_uplink: spec.unmanaged.as_ref().is_some_and(|u| u.allow_uplink),
+                release: false,
             }),
         ),
     };
@@ -760,7 +761,8 @@ mod tests {
             by_name["eth0"].link.as_ref().unwrap().kind,
             DesiredKind::Unmanaged {
                 master: None,
-                allow_uplink: false
+                allow_uplink: false,
+                release: false,
             }
         );
         let vx = by_name["vx0"];

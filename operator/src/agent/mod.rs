@@ -5,8 +5,11 @@
 pub mod deps;
 pub mod desired;
 pub mod metrics;
+pub mod pacing;
+pub mod probe;
 pub mod report;
 pub mod run;
+mod writer;
 
 /// Field manager of everything the agents write.
 pub const MANAGER: &str = "nno.dev/agent";

@@ -117,6 +117,8 @@ pub fn node_status(
     NodeNetworkStateStatus {
         conditions,
         interfaces,
+        // Filled in by the agent from what it applied and probed.
+        generations: Vec::new(),
         ready_interfaces: Some(format!("{ready}/{total}")),
     }
 }

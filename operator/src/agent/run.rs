@@ -18,29 +18,26 @@ use anyhow::Context as _;
 use futures::future;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use prometheus_client::registry::Registry;
-use serde_json::json;
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, instrument, warn};
 
 use super::desired::{self, Inputs, NodeInfo};
 use super::metrics::{Metrics, OpLabel, StateLabel};
-use super::{MANAGER, report};
-use crate::api::common::differs;
+use super::pacing::{Outcome, Pacer};
+use super::report;
+use super::writer::StatusWriter;
 use crate::api::node_state::NodeNetworkStateStatus;
 use crate::api::{Link, Network, NodeNetworkState};
 use crate::cache::{NNO_CRDS, OnError, READY_POLL, cache, check_listable, is_ready, trimmed_cache};
 use crate::netlink::{Applied, DesiredLink, Engine, LinkState};
 use crate::readiness::{self, Readiness};
 use crate::telemetry;
-
-/// Longest pause between retries of a failed status write.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// `node-network-operator agent`.
 #[derive(clap::Args, Debug, Clone)]
@@ -54,6 +51,28 @@ pub struct Args {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "NNO_METRICS_ADDR", default_value = "127.0.0.1:9092")]
     pub metrics_addr: SocketAddr,
+    /// Where the last good generation of each Network and Link is kept across
+    /// restarts (default: `agent-state.json` beside the socket).
+    #[arg(long, env = "NNO_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
+    /// How long a changed configuration that was Ready may take to be Ready again,
+    /// and the API server to answer, before the change is rolled back.
+    #[arg(long, env = "NNO_PROBE_TIMEOUT", default_value = "10s", value_parser = humantime_secs)]
+    pub probe_timeout: Duration,
+}
+
+/// Parses `10s`, `1500ms` or a plain number of seconds.
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration such as 10s or 1500ms");
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse().map(Duration::from_millis).map_err(|_| bad());
+    }
+    let secs = s.strip_suffix('s').unwrap_or(s);
+    secs.parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite() && *f >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(bad)
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
@@ -82,9 +101,17 @@ pub async fn run(client: kube::Client, args: Args) -> anyhow::Result<()> {
     let span = info_span!("readiness", socket = %args.socket.display());
     let socket = tokio::spawn(socket.run(readiness.clone(), stopped()).instrument(span));
 
+    let state_file = args.state_file.clone().unwrap_or_else(|| {
+        args.socket
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("agent-state.json")
+    });
+    info!(file = %state_file.display(), "keeping the last good generations");
+    let pacer = Pacer::load(&args.node_name, Some(state_file), args.probe_timeout);
     let agent = Agent::start(client, args.node_name.clone(), metrics, readiness, health);
     let outcome = tokio::select! {
-        result = agent.run(engine) => result,
+        result = agent.run(engine, pacer) => result,
         _ = telemetry::shutdown_signal() => Ok(()),
     };
     let _ = stop_tx.send(true);
@@ -242,11 +269,7 @@ impl Agent {
     /// a Network or Link cannot be read (e.g. written for another version of the CRD),
     /// which ones: then nothing is decided and every link stays as it is, since the
     /// unreadable object's links would otherwise look unwanted and be deleted.
-    fn compute(
-        &self,
-        info: &NodeInfo,
-        engine: &[LinkState],
-    ) -> Result<(Vec<desired::Want>, Vec<DesiredLink>), String> {
+    fn compute(&self, info: &NodeInfo, engine: &[LinkState], pacer: &mut Pacer) -> Result<Computed, String> {
         let (networks, mut unreadable) = readable(self.networks.state(), "Network");
         let (links, bad_links) = readable(self.links.state(), "Link");
         unreadable.extend(bad_links);
@@ -255,21 +278,29 @@ impl Agent {
         }
         let reports = self.reports();
         let nodes = self.cluster_nodes();
+        // Each object as this node applies it: a change waits for the controller.
+        let (paced_networks, paced_links) = pacer.view(&networks, &links, &info.labels);
         let inputs = Inputs {
             node: info,
-            networks: &networks,
-            links: &links,
+            networks: &paced_networks,
+            links: &paced_links,
             reports: &reports,
             nodes: &nodes,
             engine,
         };
-        let wants = desired::compute(&inputs);
+        let mut wants = desired::compute(&inputs);
+        pacer.adjust(&mut wants);
         let engine_links = wants.iter().filter_map(|w| w.link.clone()).collect();
-        Ok((wants, engine_links))
+        Ok(Computed {
+            wants,
+            links: engine_links,
+            networks,
+            objects: links,
+        })
     }
 
     #[instrument(skip_all, fields(node = %self.node))]
-    async fn run(mut self, engine: Engine) -> anyhow::Result<()> {
+    async fn run(mut self, engine: Engine, mut pacer: Pacer) -> anyhow::Result<()> {
         // Nothing is decided before every cache has its first complete list: an empty
         // cache would read as "nothing wanted" and delete the node's links.
         info!("waiting for the first lists of Nodes, Networks, Links and NodeNetworkStates");
@@ -290,8 +321,8 @@ impl Agent {
             );
             self.changed.changed().await.context("caches stopped")?;
         };
-        let (wants, links) = loop {
-            match self.compute(&info, &[]) {
+        let Computed { wants, links, .. } = loop {
+            match self.compute(&info, &[], &mut pacer) {
                 Ok(computed) => break computed,
                 Err(unreadable) => {
                     error!(%unreadable, "cannot read every Network and Link: waiting before deciding anything");
@@ -321,7 +352,12 @@ impl Agent {
             let started = Instant::now();
             if let Some((node, info)) = self.node_info() {
                 let applied = applied_rx.borrow_and_update().clone();
-                let (wants, links) = match self.compute(&info, &applied.states) {
+                let Computed {
+                    wants,
+                    links,
+                    networks,
+                    objects,
+                } = match self.compute(&info, &applied.states, &mut pacer) {
                     Ok(computed) => computed,
                     Err(unreadable) => {
                         self.metrics
@@ -345,7 +381,25 @@ impl Agent {
                 // the links just asked for, the kernel may still hold links that are no
                 // longer wanted, or lack new ones.
                 if caught_up {
-                    self.report(&mut writer, &node, &wants, &applied.states).await;
+                    let mut status = report::node_status(&wants, &applied.states, writer.last.as_ref());
+                    let (jobs, failed) = pacer.due(
+                        &networks,
+                        &objects,
+                        &wants,
+                        &status,
+                        writer.last.as_ref(),
+                        Instant::now(),
+                    );
+                    let mut rolled_back = false;
+                    for (owner, outcome) in failed {
+                        rolled_back |= pacer.record(&owner, outcome);
+                    }
+                    rolled_back |= probe(&self.client, &mut pacer, jobs).await;
+                    if rolled_back {
+                        continue; // apply the last good configuration first
+                    }
+                    status.generations = pacer.generations();
+                    self.report(&mut writer, &node, &wants, status).await;
                 }
             } else {
                 error!("own Node object disappeared; keeping links as they are");
@@ -357,10 +411,12 @@ impl Agent {
             self.health.set(true);
 
             let retry = writer.retry_at;
+            let probe_deadline = pacer.next_deadline();
             tokio::select! {
                 changed = self.changed.changed() => changed.context("caches stopped")?,
                 changed = applied_rx.changed() => changed.context("the engine stopped")?,
                 () = sleep_until(retry), if retry.is_some() => {}
+                () = sleep_until(probe_deadline), if probe_deadline.is_some() => {}
             }
         }
     }
@@ -372,9 +428,8 @@ impl Agent {
         writer: &mut StatusWriter,
         node: &Node,
         wants: &[desired::Want],
-        states: &[LinkState],
+        status: NodeNetworkStateStatus,
     ) {
-        let status = report::node_status(wants, states, writer.last.as_ref());
         self.readiness.update(report::bridges(&status, wants));
         self.readiness.set_synced(true);
         let ready = status.interfaces.iter().filter(|i| i.ready).count() as i64;
@@ -409,6 +464,33 @@ impl Agent {
     }
 }
 
+/// What the node should have, and the objects it was decided from.
+struct Computed {
+    wants: Vec<desired::Want>,
+    links: Vec<DesiredLink>,
+    networks: Vec<Arc<Network>>,
+    /// The Links.
+    objects: Vec<Arc<Link>>,
+}
+
+/// Runs the probes due and records their outcomes; true when a generation was
+/// rolled back (the configuration to apply changed).
+async fn probe(client: &kube::Client, pacer: &mut Pacer, jobs: Vec<super::pacing::Job>) -> bool {
+    if jobs.is_empty() {
+        return false;
+    }
+    let api = super::probe::api_server(client, pacer.timeout()).await;
+    let mut changed = false;
+    for job in jobs {
+        let outcome = match &api {
+            Outcome::Pass => super::probe::peers(&job.peers).await,
+            failed => failed.clone(),
+        };
+        changed |= pacer.record(&job.owner, outcome);
+    }
+    changed
+}
+
 /// The objects that could be read, and a description of those that could not.
 fn readable<K: Clone + kube::Resource>(
     guards: Vec<Arc<DeserializeGuard<K>>>,
@@ -433,115 +515,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => future::pending().await,
-    }
-}
-
-/// Writes NodeNetworkState/<node>, only when it changed, retrying with backoff.
-struct StatusWriter {
-    api: Api<NodeNetworkState>,
-    /// The object exists with its owner reference to the Node.
-    object_ok: bool,
-    last: Option<NodeNetworkStateStatus>,
-    /// A status the API server refused as invalid: not sent again until it changes.
-    refused: Option<NodeNetworkStateStatus>,
-    retry_at: Option<Instant>,
-    backoff: Duration,
-    /// Counts the status writes the API server accepted.
-    writes: prometheus_client::metrics::counter::Counter,
-}
-
-impl StatusWriter {
-    fn new(
-        client: kube::Client,
-        node: &Node,
-        existing: Option<Arc<NodeNetworkState>>,
-        writes: prometheus_client::metrics::counter::Counter,
-    ) -> Self {
-        let uid = node.metadata.uid.clone();
-        let object_ok = existing
-            .as_ref()
-            .is_some_and(|s| s.owner_references().iter().any(|r| Some(&r.uid) == uid.as_ref()));
-        Self {
-            api: Api::all(client),
-            object_ok,
-            last: existing.and_then(|s| s.status.clone()),
-            refused: None,
-            retry_at: None,
-            backoff: Duration::from_millis(500),
-            writes,
-        }
-    }
-
-    async fn write(&mut self, node: &Node, status: NodeNetworkStateStatus) -> Result<(), kube::Error> {
-        if self.object_ok && self.last.as_ref().is_some_and(|last| !differs(last, &status)) {
-            return Ok(());
-        }
-        if self.refused.as_ref().is_some_and(|r| !differs(r, &status)) {
-            return Ok(()); // the same body would be refused again
-        }
-        match self.try_write(node, &status).await {
-            Ok(()) => {
-                self.last = Some(status);
-                self.refused = None;
-                self.retry_at = None;
-                self.backoff = Duration::from_millis(500);
-                Ok(())
-            }
-            // Invalid (422) or otherwise refused for what it says: retrying the same
-            // body cannot help. Logged with the body; sent again once it changes.
-            Err(kube::Error::Api(s)) if s.code == 400 || s.code == 422 => {
-                error!(
-                    node = %node.name_any(),
-                    reason = %s.message,
-                    status = %serde_json::to_string(&status).unwrap_or_default(),
-                    "the API server refused this NodeNetworkState status; it is not sent again until it changes"
-                );
-                self.refused = Some(status);
-                self.retry_at = None;
-                Ok(())
-            }
-            Err(e) => {
-                self.retry_at = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                Err(e)
-            }
-        }
-    }
-
-    async fn try_write(&mut self, node: &Node, status: &NodeNetworkStateStatus) -> Result<(), kube::Error> {
-        let name = node.name_any();
-        let params = PatchParams::apply(MANAGER).force();
-        if !self.object_ok {
-            // Owned by the Node: it goes when the node goes.
-            let body = json!({
-                "apiVersion": NodeNetworkState::api_version(&()),
-                "kind": NodeNetworkState::kind(&()),
-                "metadata": {"name": name, "ownerReferences": [{
-                    "apiVersion": "v1", "kind": "Node", "name": name, "uid": node.metadata.uid,
-                }]},
-                "spec": {},
-            });
-            self.api.patch(&name, &params, &Patch::Apply(&body)).await?;
-            self.object_ok = true;
-        }
-        let body = json!({
-            "apiVersion": NodeNetworkState::api_version(&()),
-            "kind": NodeNetworkState::kind(&()),
-            "status": status,
-        });
-        if let Err(e) = self.api.patch_status(&name, &params, &Patch::Apply(&body)).await {
-            // Gone (e.g. collected with a Node that was deleted and registered again):
-            // create it again on the next attempt.
-            if matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                self.object_ok = false;
-            }
-            return Err(e);
-        }
-        self.writes.inc();
-        info!(
-            ready = status.ready_interfaces.as_deref().unwrap_or_default(),
-            "wrote NodeNetworkState"
-        );
-        Ok(())
     }
 }

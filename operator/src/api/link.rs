@@ -36,6 +36,12 @@ use super::network::DEFAULT_VXLAN_PORT;
         description = "ready/desired nodes",
         json_path = ".status.nodes"
     ),
+    printcolumn(
+        name = "Updated",
+        type_ = "string",
+        description = "nodes with the current generation in force / selected nodes",
+        json_path = ".status.rollout.progress"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -75,6 +81,11 @@ pub struct LinkSpec {
     /// left alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
+
+    /// How a change reaches the nodes: a few at a time, each node probing after it
+    /// applies and going back to its last good configuration when the probe fails.
+    #[serde(default, skip_serializing_if = "crate::api::rollout::RolloutSpec::is_default")]
+    pub rollout: crate::api::rollout::RolloutSpec,
 }
 
 /// Bridge settings.
@@ -209,6 +220,10 @@ pub struct LinkStatus {
     /// The first few selected nodes where it is not Ready, with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ready_nodes: Vec<NodeProblem>,
+
+    /// The rollout of the current generation to the nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::api::rollout::RolloutStatus>,
 }
 
 /// What kind of interface.

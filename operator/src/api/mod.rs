@@ -6,6 +6,7 @@ pub mod common;
 pub mod link;
 pub mod network;
 pub mod node_state;
+pub mod rollout;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -53,6 +53,12 @@ pub const DEFAULT_LOCAL_MTU: u32 = 1500;
         json_path = ".spec.bridge.name",
         priority = 1
     ),
+    printcolumn(
+        name = "Updated",
+        type_ = "string",
+        description = "nodes with the current generation in force / selected nodes",
+        json_path = ".status.rollout.progress"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -111,6 +117,11 @@ pub struct NetworkSpec {
 
     /// Where the NetworkAttachmentDefinitions are written and what they are called.
     pub attachments: Attachments,
+
+    /// How a change reaches the nodes: a few at a time, each node probing after it
+    /// applies and going back to its last good configuration when the probe fails.
+    #[serde(default, skip_serializing_if = "crate::api::rollout::RolloutSpec::is_default")]
+    pub rollout: crate::api::rollout::RolloutSpec,
 }
 
 /// The node bridge.
@@ -394,6 +405,10 @@ pub struct NetworkStatus {
     /// The first few selected nodes that are not Ready, with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ready_nodes: Vec<NodeProblem>,
+
+    /// The rollout of the current generation to the nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::api::rollout::RolloutStatus>,
 }
 
 fn default_vxlan_port() -> u16 {

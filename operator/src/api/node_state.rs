@@ -55,6 +55,15 @@ pub struct NodeNetworkStateStatus {
     )]
     pub interfaces: Vec<InterfaceState>,
 
+    /// The generation of each object in force on the node, and a newer one that was
+    /// rolled back here (see `spec.rollout`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 4096),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"])
+    )]
+    pub generations: Vec<crate::api::rollout::AppliedGeneration>,
+
     /// `ready/managed` interfaces, for display.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_interfaces: Option<String>,

@@ -43,15 +43,23 @@ pub async fn reconcile(link: Arc<Link>, ctx: Arc<Context>) -> Result<Action> {
         })
         .collect();
     let old = link.status.as_ref();
-    let new = status::link_status(
-        link.meta().generation,
+    let rollout = super::rollout::plan(
         &owner,
-        link.spec.interface_name.as_str(),
+        link.meta().generation,
+        old.and_then(|o| o.rollout.as_ref()),
         &nodes,
-        conflict.as_ref(),
-        &contested,
-        old,
+        link.spec.rollout.max_unavailable.as_ref(),
     );
+    let facts = status::LinkFacts {
+        generation: link.meta().generation,
+        owner: &owner,
+        interface: link.spec.interface_name.as_str(),
+        nodes: &nodes,
+        conflict: conflict.as_ref(),
+        contested: &contested,
+        rollout: rollout.as_ref(),
+    };
+    let new = status::link_status(&facts, old);
     if old.is_none_or(|old| crate::api::common::differs(old, &new)) {
         let api: Api<Link> = Api::all(ctx.client.clone());
         let body = json!({"apiVersion": Link::api_version(&()), "kind": Link::kind(&()), "status": new});

@@ -8,6 +8,7 @@ pub mod link;
 pub mod metrics;
 pub mod nad;
 pub mod network;
+pub mod rollout;
 pub mod run;
 pub mod status;
 

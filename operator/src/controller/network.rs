@@ -160,7 +160,15 @@ async fn apply(network: &Network, ctx: &Context) -> Result<Action> {
             state: states.get(node),
         })
         .collect();
+    let rollout = super::rollout::plan(
+        &owner,
+        network.meta().generation,
+        network.status.as_ref().and_then(|s| s.rollout.as_ref()),
+        &nodes,
+        network.spec.rollout.max_unavailable.as_ref(),
+    );
     let facts = NetworkFacts {
+        rollout,
         generation: network.meta().generation,
         owner,
         interfaces: ifaces,

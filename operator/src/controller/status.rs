@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
+use super::rollout::Plan;
 use crate::api::common::{condition, set_condition, status};
 use crate::api::link::LinkStatus;
 use crate::api::network::NetworkStatus;
@@ -28,6 +29,10 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const ATTACHMENTS_FAILED: &str = "AttachmentDefinitionsFailed";
     pub const AS_EXPECTED: &str = "AsExpected";
+    /// Some selected nodes keep an older generation until the rollout reaches them.
+    pub const ROLLING_OUT: &str = "RollingOut";
+    /// A node rolled the current generation back; the rollout halts.
+    pub const ROLLED_BACK: &str = "RolledBack";
     /// Per node: no NodeNetworkState from its agent.
     pub const AGENT_NOT_REPORTING: &str = "AgentNotReporting";
     /// Per node: the agent has not reported the interface (for this generation) yet.
@@ -116,6 +121,8 @@ pub struct NetworkFacts<'a> {
     pub mtu: Effective,
     /// NADs written (`ns/name`), or why writing failed.
     pub attachments: Result<Vec<String>, String>,
+    /// The rollout of the current generation.
+    pub rollout: Option<Plan>,
 }
 
 /// The Network's new status; `old` provides the condition transition times.
@@ -157,12 +164,15 @@ pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> 
         (status::FALSE, reason::WAITING_FOR_NODES, message.to_string())
     } else if let Err(e) = &facts.attachments {
         (status::FALSE, reason::ATTACHMENTS_FAILED, e.clone())
+    } else if let Some(verdict) = rollout_verdict(facts.rollout.as_ref()) {
+        verdict
     } else {
         ready_over_nodes(desired, ready)
     };
 
-    let degraded = match &facts.mtu {
-        Effective::TooLarge { .. } => (status::TRUE, reason::MTU_TOO_LARGE, ready_message.clone()),
+    let degraded = match (&facts.mtu, halted_verdict(facts.rollout.as_ref())) {
+        (Effective::TooLarge { .. }, _) => (status::TRUE, reason::MTU_TOO_LARGE, ready_message.clone()),
+        (_, Some(halted)) => halted,
         _ => degraded_over_nodes(&problems, desired),
     };
     let conditions = rolled_up(
@@ -196,7 +206,47 @@ pub fn network_status(facts: &NetworkFacts<'_>, old: Option<&NetworkStatus>) -> 
         attachment_definitions: facts.attachments.clone().unwrap_or_default(),
         gateway_excludes: facts.gateway_excludes.clone(),
         not_ready_nodes: problems.into_iter().take(MAX_LISTED_NODES).collect(),
+        rollout: facts.rollout.as_ref().map(|p| p.status.clone()),
     }
+}
+
+/// `Ready` while a rollout is halted or under way.
+fn rollout_verdict(plan: Option<&Plan>) -> Option<Verdict> {
+    let plan = plan?;
+    if let Some((_, reason, message)) = halted_verdict(Some(plan)) {
+        return Some((status::FALSE, reason, message));
+    }
+    let s = &plan.status;
+    plan.in_progress.then(|| {
+        (
+            status::FALSE,
+            reason::ROLLING_OUT,
+            format!(
+                "rolling out generation {}: in force on {} nodes; the others keep theirs until they are let in",
+                s.generation,
+                s.progress.as_deref().unwrap_or_default(),
+            ),
+        )
+    })
+}
+
+/// `Degraded` when a node rolled the current generation back.
+fn halted_verdict(plan: Option<&Plan>) -> Option<Verdict> {
+    let s = &plan?.status;
+    let h = s.halted.as_ref()?;
+    let why = if h.message.is_empty() {
+        h.reason.clone()
+    } else {
+        format!("{}: {}", h.reason, h.message)
+    };
+    Some((
+        status::TRUE,
+        reason::ROLLED_BACK,
+        format!(
+            "node {} rolled generation {} back ({why}); the rollout is halted: the nodes not yet changed keep their configuration until the spec changes",
+            h.node, s.generation
+        ),
+    ))
 }
 
 /// What the selected nodes report of one Network or Link, the part of the status
@@ -296,16 +346,30 @@ fn conflict_condition(conflict: Option<&Conflict>, contested: &[(Owner, Conflict
     }
 }
 
+/// Everything the controller learned about one Link in a reconcile.
+#[derive(Clone, Debug)]
+pub struct LinkFacts<'a> {
+    pub generation: Option<i64>,
+    pub owner: &'a Owner,
+    pub interface: &'a str,
+    pub nodes: &'a [NodeReport<'a>],
+    pub conflict: Option<&'a Conflict>,
+    /// Newer objects waiting for a claim this one keeps.
+    pub contested: &'a [(Owner, Conflict)],
+    pub rollout: Option<&'a Plan>,
+}
+
 /// A Link's status: like a Network's, without MTU and attachments.
-pub fn link_status(
-    generation: Option<i64>,
-    owner: &Owner,
-    interface: &str,
-    nodes: &[NodeReport<'_>],
-    conflict: Option<&Conflict>,
-    contested: &[(Owner, Conflict)],
-    old: Option<&LinkStatus>,
-) -> LinkStatus {
+pub fn link_status(facts: &LinkFacts<'_>, old: Option<&LinkStatus>) -> LinkStatus {
+    let LinkFacts {
+        generation,
+        owner,
+        interface,
+        nodes,
+        conflict,
+        contested,
+        rollout,
+    } = *facts;
     let Rollup {
         problems,
         desired,
@@ -313,13 +377,13 @@ pub fn link_status(
     } = Rollup::of(nodes, owner, &[interface.to_string()], generation);
     let ready_condition = match conflict {
         Some(c) => (status::FALSE, reason::CONFLICT, c.message()),
-        None => ready_over_nodes(desired, ready),
+        None => rollout_verdict(rollout).unwrap_or_else(|| ready_over_nodes(desired, ready)),
     };
     let conditions = rolled_up(
         old.map(|o| o.conditions.as_slice()),
         generation,
         ready_condition,
-        degraded_over_nodes(&problems, desired),
+        halted_verdict(rollout).unwrap_or_else(|| degraded_over_nodes(&problems, desired)),
         conflict_condition(conflict, contested),
     );
     LinkStatus {
@@ -329,6 +393,7 @@ pub fn link_status(
         ready_nodes: ready,
         nodes: Some(format!("{ready}/{desired}")),
         not_ready_nodes: problems.into_iter().take(MAX_LISTED_NODES).collect(),
+        rollout: rollout.map(|p| p.status.clone()),
     }
 }
 
@@ -395,6 +460,7 @@ mod tests {
                 limited_by: Some("a".into()),
             },
             attachments: Ok(vec!["default/gw".into()]),
+            rollout: None,
         }
     }
 
@@ -572,7 +638,16 @@ mod tests {
                 node: "a".into(),
             },
         )];
-        let s = link_status(Some(1), &owner, "eth0", &[], None, &waiting, None);
+        let facts = |contested| LinkFacts {
+            generation: Some(1),
+            owner: &owner,
+            interface: "eth0",
+            nodes: &[],
+            conflict: None,
+            contested,
+            rollout: None,
+        };
+        let s = link_status(&facts(&waiting), None);
         let c = find_condition(&s.conditions, "Conflict").unwrap();
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Contested"));
         assert!(
@@ -580,7 +655,7 @@ mod tests {
             "{}",
             c.message
         );
-        let s = link_status(Some(1), &owner, "eth0", &[], None, &[], None);
+        let s = link_status(&facts(&[]), None);
         let c = find_condition(&s.conditions, "Conflict").unwrap();
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "NoConflict"));
     }
@@ -672,29 +747,77 @@ mod tests {
         let mut i = iface("br0", true, 1);
         i.owner = link_owner.clone();
         let st = state(vec![i]);
-        let s = link_status(
-            Some(1),
-            &link_owner,
-            "br0",
-            &[
-                NodeReport {
-                    node: "a",
-                    state: Some(&st),
-                },
-                NodeReport {
-                    node: "b",
-                    state: None,
-                },
-            ],
-            None,
-            &[],
-            None,
-        );
+        let nodes = [
+            NodeReport {
+                node: "a",
+                state: Some(&st),
+            },
+            NodeReport {
+                node: "b",
+                state: None,
+            },
+        ];
+        let facts = LinkFacts {
+            generation: Some(1),
+            owner: &link_owner,
+            interface: "br0",
+            nodes: &nodes,
+            conflict: None,
+            contested: &[],
+            rollout: None,
+        };
+        let s = link_status(&facts, None);
         assert_eq!(s.nodes.as_deref(), Some("1/2"));
         assert_eq!(
             find_condition(&s.conditions, "Ready").unwrap().reason,
             "NodesNotReady"
         );
         assert_eq!(s.not_ready_nodes[0].node, "b");
+    }
+
+    #[test]
+    fn a_rollout_under_way_or_halted_shows_in_the_conditions() {
+        let ready_iface = |name: &str| iface(name, true, 2);
+        let st = state(vec![ready_iface("br-gw"), ready_iface("vxlan1")]);
+        let nodes = vec![NodeReport {
+            node: "a",
+            state: Some(&st),
+        }];
+        let mut f = facts(nodes);
+        let mut plan = Plan {
+            status: crate::api::rollout::RolloutStatus {
+                generation: 2,
+                nodes: vec!["a".into()],
+                updated_nodes: 1,
+                progress: Some("1/3".into()),
+                halted: None,
+            },
+            in_progress: true,
+        };
+        f.rollout = Some(plan.clone());
+        let s = network_status(&f, None);
+        assert_eq!(cond(&s, "Ready"), ("False", "RollingOut"));
+        assert!(
+            find_condition(&s.conditions, "Ready")
+                .unwrap()
+                .message
+                .contains("1/3")
+        );
+        assert_eq!(s.rollout.as_ref().unwrap().progress.as_deref(), Some("1/3"));
+
+        plan.status.halted = Some(NodeProblem {
+            node: "b".into(),
+            reason: "NotReadyAfterChange".into(),
+            message: "vxlan1: carrier eth9 missing".into(),
+        });
+        f.rollout = Some(plan);
+        let s = network_status(&f, None);
+        assert_eq!(cond(&s, "Ready"), ("False", "RolledBack"));
+        assert_eq!(cond(&s, "Degraded"), ("True", "RolledBack"));
+        let m = &find_condition(&s.conditions, "Degraded").unwrap().message;
+        assert!(
+            m.contains("node b rolled generation 2 back") && m.contains("eth9"),
+            "{m}"
+        );
     }
 }

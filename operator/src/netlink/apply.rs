@@ -181,6 +181,19 @@ impl<'a> Applier<'a> {
                     other => other.map_err(|e| Error::netlink(Operation::AddFdbEntry, name, e))?,
                 }
             }
+            Step::RestoreDefault { name, dst, carrier } => {
+                let index = self.require(name, Operation::AddFdbEntry).await?;
+                let via = self.require(carrier, Operation::AddFdbEntry).await?;
+                let mut msg = fdb_msg(index, *dst);
+                msg.attributes.push(NeighbourAttribute::IfIndex(via));
+                let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
+                req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+                self.writes.add();
+                match self.request(req).await {
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                    other => other.map_err(|e| Error::netlink(Operation::AddFdbEntry, name, e))?,
+                }
+            }
             Step::DelPeer { name, dst } => {
                 let index = self.require(name, Operation::DeleteFdbEntry).await?;
                 self.writes.add();

@@ -27,6 +27,14 @@ pub enum Step {
     AddPeer { name: String, dst: IpAddr },
     /// Remove an all-zero-MAC FDB entry (`RTM_DELNEIGH`).
     DelPeer { name: String, dst: IpAddr },
+    /// Put back the VXLAN's own default entry (all-zero MAC to its group or remote,
+    /// through its carrier), which the kernel makes at creation and someone deleted
+    /// since: without it the VXLAN floods nowhere (`RTM_NEWNEIGH`, append).
+    RestoreDefault {
+        name: String,
+        dst: IpAddr,
+        carrier: String,
+    },
 }
 
 impl Step {
@@ -40,7 +48,8 @@ impl Step {
             | Step::ChangeVxlan { name, .. }
             | Step::Set { name, .. }
             | Step::AddPeer { name, .. }
-            | Step::DelPeer { name, .. } => name,
+            | Step::DelPeer { name, .. }
+            | Step::RestoreDefault { name, .. } => name,
         }
     }
 }
@@ -58,6 +67,12 @@ impl fmt::Display for Step {
             Step::Set { name, attrs } => write!(f, "set {name} ({attrs})"),
             Step::AddPeer { name, dst } => write!(f, "add FDB peer {dst} to {name}"),
             Step::DelPeer { name, dst } => write!(f, "remove FDB peer {dst} from {name}"),
+            Step::RestoreDefault { name, dst, carrier } => {
+                write!(
+                    f,
+                    "restore the default FDB entry of {name} (to {dst} via {carrier})"
+                )
+            }
         }
     }
 }

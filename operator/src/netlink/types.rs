@@ -80,6 +80,9 @@ pub enum DesiredKind {
     Unmanaged {
         master: Option<String>,
         allow_uplink: bool,
+        /// Without `master`: take it out of whatever bridge it is a port of (a
+        /// rolled-back enslavement), instead of leaving that alone.
+        release: bool,
     },
 }
 

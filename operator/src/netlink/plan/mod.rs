@@ -97,7 +97,7 @@ impl Plan {
 fn phase(step: &Step, link: &LinkPlan) -> u8 {
     match step {
         Step::Delete { .. } => 0,
-        Step::AddPeer { .. } | Step::DelPeer { .. } => 4,
+        Step::AddPeer { .. } | Step::DelPeer { .. } | Step::RestoreDefault { .. } => 4,
         _ => link.order,
     }
 }
@@ -206,9 +206,11 @@ impl<'a> Context<'a> {
         match &d.kind {
             DesiredKind::Bridge { mtu } => self.plan_bridge(d, *mtu, &mut lp),
             DesiredKind::Vxlan(cfg) => self.plan_vxlan(d, cfg, &mut lp),
-            DesiredKind::Unmanaged { master, allow_uplink } => {
-                self.plan_unmanaged(d, master.as_deref(), *allow_uplink, &mut lp)
-            }
+            DesiredKind::Unmanaged {
+                master,
+                allow_uplink,
+                release,
+            } => self.plan_unmanaged(d, master.as_deref(), *allow_uplink, *release, &mut lp),
         }
         self.note_bridge(d, &lp);
         lp

@@ -33,6 +33,7 @@ fn unmanaged(name: &str, master: Option<&str>) -> DesiredLink {
         kind: DesiredKind::Unmanaged {
             master: master.map(String::from),
             allow_uplink: true,
+            release: false,
         },
         up: true,
         adopt: false,
@@ -609,6 +610,26 @@ fn the_remotes_own_default_entry_is_not_a_stray_peer() {
 }
 
 #[test]
+fn the_groups_default_entry_deleted_out_of_band_is_restored_through_the_carrier() {
+    let mut l = vx0_ok();
+    l.kind = ovx(|v| v.remote = Some(ip("239.1.1.1")));
+    let mut o = node(vec![l]);
+    o.fdb.insert(9, [ip("198.18.0.3")].into());
+    let d = vxlan("vx0", |c| {
+        c.group = Some(ip("239.1.1.1"));
+        c.peers = vec![ip("198.18.0.3")];
+    });
+    assert_eq!(
+        only(&plan(&[d], &o)).steps,
+        [Step::RestoreDefault {
+            name: "vx0".into(),
+            dst: ip("239.1.1.1"),
+            carrier: "eth1".into(),
+        }]
+    );
+}
+
+#[test]
 fn master_is_a_bridge_of_the_same_plan() {
     let desired = [
         vxlan("vx0", |c| c.master = Some("br0".into())),
@@ -700,6 +721,7 @@ fn an_interface_with_a_global_address_is_not_enslaved_unless_allowed() {
     port.kind = DesiredKind::Unmanaged {
         master: Some("br0".into()),
         allow_uplink: false,
+        release: false,
     };
     let p = plan(&[bridge("br0", None), port], &node(vec![]));
     let lp = p.links.iter().find(|l| l.name == "eth1").unwrap();
@@ -847,4 +869,39 @@ fn assess_reports_ready_pending_problems_and_errors() {
     assert_eq!(s[2].reason, reason::NAME_CONFLICT);
     assert_eq!(s[3].reason, reason::NETLINK_ERROR);
     assert!(s[3].message.contains("br3"));
+}
+
+#[test]
+fn a_released_interface_leaves_its_bridge_and_an_unreleased_one_stays() {
+    let mut n = node(vec![]);
+    n.links.get_mut("eth1").unwrap().master = Some(7);
+    let mut port = unmanaged("eth1", None);
+    let p = plan(std::slice::from_ref(&port), &n);
+    let lp = p.links.iter().find(|l| l.name == "eth1").unwrap();
+    assert!(
+        lp.steps.is_empty(),
+        "without release nothing is touched: {:?}",
+        lp.steps
+    );
+    port.kind = DesiredKind::Unmanaged {
+        master: None,
+        allow_uplink: false,
+        release: true,
+    };
+    let p = plan(&[port], &n);
+    let lp = p.links.iter().find(|l| l.name == "eth1").unwrap();
+    assert!(
+        matches!(
+            lp.steps.as_slice(),
+            [Step::Set {
+                attrs: SetAttrs {
+                    master: Some(MasterChange::Detach),
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{:?}",
+        lp.steps
+    );
 }

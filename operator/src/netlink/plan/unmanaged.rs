@@ -8,6 +8,7 @@ impl Context<'_> {
         d: &DesiredLink,
         master: Option<&str>,
         allow_uplink: bool,
+        release: bool,
         lp: &mut LinkPlan,
     ) {
         let Some(l) = self.observed.links.get(&d.name) else {
@@ -21,6 +22,15 @@ impl Context<'_> {
             return;
         };
         let mut master_problem = None;
+        if master.is_none() && release && l.master.is_some() {
+            lp.steps.push(Step::Set {
+                name: d.name.clone(),
+                attrs: SetAttrs {
+                    master: Some(MasterChange::Detach),
+                    ..SetAttrs::default()
+                },
+            });
+        }
         if master.is_some() {
             let (change, problem) = self.resolve_master(d, master, Some(l));
             master_problem = problem;

@@ -79,6 +79,17 @@ impl Context<'_> {
             Some((l, v)) => {
                 let change = vxlan_change(v, &params, carrier.link.index, family);
                 zero_before = self.observed.fdb.get(&l.index).cloned().unwrap_or_default();
+                if change.remote.is_none()
+                    && let Some(dst) = remote
+                    && !zero_before.contains(&dst)
+                {
+                    lp.steps.push(Step::RestoreDefault {
+                        name: d.name.clone(),
+                        dst,
+                        carrier: carrier.link.name.clone(),
+                    });
+                    zero_before.insert(dst);
+                }
                 if let Some(rc) = change.remote {
                     if let Some(old) = v.remote {
                         zero_before.remove(&old);
