@@ -6,7 +6,8 @@
 #   base   what the operator image stands on (Containerfile: debian:bookworm-slim):
 #          libc, a shell and coreutils, from Debian packages
 #   tools  the sample pods' image: a shell, iproute2, ping, iptables/nftables, socat
-#          (TCP/HTTP responder), conntrack, procps, from Debian packages
+#          (TCP/HTTP responder), conntrack, procps, keepalived (VRRP for the HA
+#          routers), from Debian packages
 #
 # The e2e harness (e2e/src/image.rs) packs each rootfs (and, for the operator image,
 # the release binaries) into an OCI archive and imports it into every node's
@@ -23,7 +24,7 @@ mkdir -p "$images" "$debs"
 
 # usr-is-merged satisfies init-system-helpers without pulling usrmerge (and perl).
 base_packages=(dash coreutils libgcc-s1 usr-is-merged)
-tools_packages=("${base_packages[@]}" bash sed grep iproute2 iputils-ping iptables nftables procps socat conntrack)
+tools_packages=("${base_packages[@]}" bash sed grep iproute2 iputils-ping iptables nftables procps socat conntrack keepalived)
 
 # apt_closure ARCHIVES ARGS...: apt-get install ARGS as on an empty system (nothing
 # installed, nothing downloaded but what is in ARCHIVES), so that it resolves the whole

@@ -343,6 +343,42 @@ async fn invalid_objects_are_refused_with_the_field_named() {
             &["spec.attachments.router.address", "inside ipam.range"],
         ),
         (
+            "router address and addresses both",
+            with(
+                n(),
+                "/spec/attachments/router/addresses",
+                json!({"start": "192.168.50.2", "end": "192.168.50.3"}),
+            ),
+            &["spec.attachments.router", "one of the two"],
+        ),
+        (
+            "router addresses outside range",
+            with(
+                n(),
+                "/spec/attachments/router",
+                json!({"addresses": {"start": "192.168.50.2", "end": "10.1.1.3"}}),
+            ),
+            &["spec.attachments.router.addresses", "inside ipam.range"],
+        ),
+        (
+            "router addresses without a gateway",
+            with(
+                with(n(), "/spec/ipam/gateway", Value::Null),
+                "/spec/attachments/router",
+                json!({"addresses": {"start": "192.168.50.2", "end": "192.168.50.3"}}),
+            ),
+            &["spec.attachments.router.addresses", "ipam.gateway"],
+        ),
+        (
+            "router addresses not IPs",
+            with(
+                n(),
+                "/spec/attachments/router",
+                json!({"addresses": {"start": "two", "end": "192.168.50.3"}}),
+            ),
+            &["spec.attachments.router.addresses.start", "IP address"],
+        ),
+        (
             "no namespaces",
             with(n(), "/spec/attachments/namespaces", json!([])),
             &["spec.attachments", "namespaceSelector"],

@@ -75,12 +75,18 @@ fn the_chart_and_the_samples_name_the_images_the_nodes_have() {
         chart["appVersion"], OPERATOR_TAG,
         "the chart's default tag is the one imported"
     );
-    let pods = repo_file("samples/gateway-network/pods.yaml");
     let mut images = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&pods) {
-        let doc: Value = serde::Deserialize::deserialize(doc).unwrap();
-        for c in doc["spec"]["containers"].as_array().into_iter().flatten() {
-            images.push(c["image"].as_str().unwrap().to_string());
+    for file in ["pods.yaml", "ha-pods.yaml"] {
+        let pods = repo_file(&format!("samples/gateway-network/{file}"));
+        for doc in serde_yaml::Deserializer::from_str(&pods) {
+            let doc: Value = serde::Deserialize::deserialize(doc).unwrap();
+            let spec = match doc["kind"].as_str() {
+                Some("Pod") => &doc["spec"],
+                _ => &doc["spec"]["template"]["spec"],
+            };
+            for c in spec["containers"].as_array().into_iter().flatten() {
+                images.push(c["image"].as_str().unwrap().to_string());
+            }
         }
     }
     assert!(!images.is_empty());

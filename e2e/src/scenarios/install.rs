@@ -102,7 +102,7 @@ pub(super) async fn upgrade(tb: &dyn Testbed) -> anyhow::Result<()> {
         .iter()
         .filter_map(|p| p.metadata.uid.clone())
         .collect();
-    let mut ping = background_ping(tb, "/tmp/upgrade-ping.log")?;
+    let mut ping = background_ping(tb, "client", "/tmp/upgrade-ping.log")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let started = Instant::now();
@@ -121,11 +121,11 @@ pub(super) async fn upgrade(tb: &dyn Testbed) -> anyhow::Result<()> {
         ],
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pinged = stop_background_ping(tb, &mut ping, "/tmp/upgrade-ping.log");
+    let pinged = stop_background_ping(tb, "client", &mut ping, "/tmp/upgrade-ping.log");
     upgraded?;
     rolled?;
     println!("helm upgrade and agent rollout: {:.1?}", started.elapsed());
-    let (sent, received) = pinged?;
+    let (sent, received, _) = pinged?;
     println!("ping through the gateway across the upgrade: {sent} sent, {received} received");
     anyhow::ensure!(
         sent > 20 && sent == received,

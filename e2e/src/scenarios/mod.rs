@@ -10,6 +10,7 @@
 //! restarts, gating and drift). This module runs them and holds what they share.
 
 mod gateway;
+mod ha;
 mod install;
 mod repair;
 
@@ -52,6 +53,7 @@ pub const ALL: &[&str] = &[
     "restart",
     "gating",
     "drift",
+    "ha",
     "upgrade",
     "uninstall",
 ];
@@ -74,6 +76,7 @@ pub async fn run(tb: &dyn Testbed, only: &[String]) -> Vec<Outcome> {
             "restart" => restart(tb).await,
             "gating" => gating(tb).await,
             "drift" => drift(tb).await,
+            "ha" => self::ha::ha(tb).await,
             "upgrade" => upgrade(tb).await,
             "uninstall" => uninstall(tb).await,
             _ => unreachable!("every name in ALL has a scenario"),

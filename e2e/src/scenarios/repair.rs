@@ -119,7 +119,7 @@ pub(super) async fn restart(tb: &dyn Testbed) -> anyhow::Result<()> {
     };
     let pods: Api<Pod> = Api::namespaced(tb.client(), NAMESPACE);
     let before = restarts(&pods.get(&agent).await?);
-    let mut ping = background_ping(tb, "/tmp/restart-ping.log")?;
+    let mut ping = background_ping(tb, "client", "/tmp/restart-ping.log")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     tb.signal_agent(&node, "KILL")?;
     until("the agent restarted and Ready", WAIT, || async {
@@ -135,7 +135,7 @@ pub(super) async fn restart(tb: &dyn Testbed) -> anyhow::Result<()> {
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let writes = agent_metric(tb, &node, "nno_agent_netlink_writes")?;
-    let (sent, received) = stop_background_ping(tb, &mut ping, "/tmp/restart-ping.log")?;
+    let (sent, received, _) = stop_background_ping(tb, "client", &mut ping, "/tmp/restart-ping.log")?;
     println!(
         "agent on {node} killed and restarted: {writes} netlink writes; {received} of {sent} pings answered"
     );
@@ -147,15 +147,16 @@ pub(super) async fn restart(tb: &dyn Testbed) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A ping from the client to the outside host in the background, logging to `log`
-/// in the client.
-pub(super) fn background_ping(tb: &dyn Testbed, log: &str) -> anyhow::Result<std::process::Child> {
+/// A ping from `pod` to the outside host in the background, every 100 ms, each
+/// line stamped (`-D`) and each missing answer said (`-O`), logging to `log` in
+/// the pod.
+pub(super) fn background_ping(tb: &dyn Testbed, pod: &str, log: &str) -> anyhow::Result<std::process::Child> {
     Ok(std::process::Command::new(crate::tools::tool("kubectl"))
         .arg("--kubeconfig")
         .arg(tb.kubeconfig())
-        .args(["exec", "-n", "default", "client", "--", "sh", "-c"])
+        .args(["exec", "-n", "default", pod, "--", "sh", "-c"])
         .arg(format!(
-            "ping -i 0.2 -W 1 {} > {log} 2>&1",
+            "ping -D -O -i 0.1 -W 1 {} > {log} 2>&1",
             tb.outside().address()
         ))
         .stdout(std::process::Stdio::null())
@@ -163,16 +164,19 @@ pub(super) fn background_ping(tb: &dyn Testbed, log: &str) -> anyhow::Result<std
         .spawn()?)
 }
 
-/// Stops [`background_ping`] (SIGINT, so that ping prints its summary): (sent, received).
+/// Stops [`background_ping`] (SIGINT, so that ping prints its summary): (sent,
+/// received) and the log.
 pub(super) fn stop_background_ping(
     tb: &dyn Testbed,
+    pod: &str,
     ping: &mut std::process::Child,
     log: &str,
-) -> anyhow::Result<(u64, u64)> {
-    let _ = in_pod(tb, "client", &["pkill", "-INT", "ping"]);
+) -> anyhow::Result<(u64, u64, String)> {
+    let _ = in_pod(tb, pod, &["pkill", "-INT", "ping"]);
     let _ = ping.wait();
-    let out = in_pod(tb, "client", &["cat", log])?;
-    ping_counts(&out)
+    let out = in_pod(tb, pod, &["cat", log])?;
+    let (sent, received) = ping_counts(&out)?;
+    Ok((sent, received, out))
 }
 
 /// A metric of the agent on `node`, read from its port on the node's loopback.

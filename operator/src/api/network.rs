@@ -64,9 +64,19 @@ pub const DEFAULT_LOCAL_MTU: u32 = 1500;
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "!has(self.attachments.router) || !isCIDR(self.ipam.range) || !isIP(self.attachments.router.address) || cidr(self.ipam.range).containsIP(self.attachments.router.address)",
+        "rule": "!has(self.attachments.router) || !has(self.attachments.router.address) || !isCIDR(self.ipam.range) || !isIP(self.attachments.router.address) || cidr(self.ipam.range).containsIP(self.attachments.router.address)",
         "fieldPath": ".attachments.router.address",
         "message": "the router address must be inside ipam.range"
+    },
+    {
+        "rule": "!has(self.attachments.router) || !has(self.attachments.router.addresses) || !isCIDR(self.ipam.range) || [self.attachments.router.addresses.start, self.attachments.router.addresses.end].all(a, !isIP(a) || cidr(self.ipam.range).containsIP(a))",
+        "fieldPath": ".attachments.router.addresses",
+        "message": "the router addresses must be inside ipam.range"
+    },
+    {
+        "rule": "!has(self.attachments.router) || !has(self.attachments.router.addresses) || has(self.ipam.gateway)",
+        "fieldPath": ".attachments.router.addresses",
+        "message": "routers that share a gateway need ipam.gateway, the virtual address they hold in turn (outside router.addresses)"
     },
     {
         "rule": "!has(self.vxlan) || !has(self.vxlan.interfaceName) || self.vxlan.interfaceName != self.bridge.name",
@@ -339,6 +349,10 @@ pub struct Attachments {
 /// The router (gateway pod) attachment.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.address) != has(self.addresses)",
+    "message": "set address (one router) or addresses (routers sharing ipam.gateway), one of the two"
+}]))]
 pub struct RouterAttachment {
     /// Name of the router NetworkAttachmentDefinition. Defaults to `<network>-router`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,9 +360,17 @@ pub struct RouterAttachment {
     pub name: Option<String>,
 
     /// Static address of the router pod, inside ipam.range. It is excluded from the
-    /// client pool.
+    /// client pool. One router; for several, `addresses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 45), extend("x-kubernetes-validations" = super::ip_rules()))]
-    pub address: String,
+    pub address: Option<String>,
+
+    /// Routers that share the gateway (high availability): each router pod gets an
+    /// address of this range (whereabouts), and `ipam.gateway` is the virtual address
+    /// the routers hold in turn (VRRP, e.g. keepalived, in the router pods). The range
+    /// and the gateway are excluded from the client pool. At most 64 addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<AddressRange>,
 
     /// The namespace the router runs in: the router NetworkAttachmentDefinition is
     /// written there alone, so no pod elsewhere can take the gateway address. Unset:
@@ -356,6 +378,15 @@ pub struct RouterAttachment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL))]
     pub namespace: Option<String>,
+}
+
+/// An inclusive range of addresses, `start` to `end`, of one family.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct AddressRange {
+    #[schemars(length(max = 45), extend("x-kubernetes-validations" = super::ip_rules()))]
+    pub start: String,
+    #[schemars(length(max = 45), extend("x-kubernetes-validations" = super::ip_rules()))]
+    pub end: String,
 }
 
 /// Observed state, written by the controller.

@@ -103,6 +103,70 @@ pub enum RenderError {
     RouterAddress(String),
     #[error("{field} {value:?} is not an IP address")]
     Address { field: &'static str, value: String },
+    #[error("spec.attachments.router.addresses {start}-{end}: {why}")]
+    RouterRange { start: String, end: String, why: String },
+}
+
+/// Most addresses `spec.attachments.router.addresses` may hold.
+pub const MAX_ROUTERS: u32 = 64;
+
+/// What the router attachment hands out: one static address, or a range of them for
+/// routers that share the gateway.
+enum Routers {
+    One(IpAddr),
+    Range {
+        start: IpAddr,
+        end: IpAddr,
+        cidrs: Vec<IpNet>,
+    },
+}
+
+fn routers(network: &Network) -> Result<Option<Routers>, RenderError> {
+    let Some(router) = &network.spec.attachments.router else {
+        return Ok(None);
+    };
+    if let Some(address) = &router.address {
+        let ip = address
+            .parse()
+            .map_err(|_| RenderError::RouterAddress(address.clone()))?;
+        return Ok(Some(Routers::One(ip)));
+    }
+    let Some(range) = &router.addresses else {
+        return Ok(None); // the schema requires one of the two
+    };
+    let start = parse_ip("spec.attachments.router.addresses.start", &range.start)?;
+    let end = parse_ip("spec.attachments.router.addresses.end", &range.end)?;
+    let refuse = |why: String| RenderError::RouterRange {
+        start: range.start.clone(),
+        end: range.end.clone(),
+        why,
+    };
+    let (cidrs, size): (Vec<IpNet>, u128) = match (start, end) {
+        (IpAddr::V4(s), IpAddr::V4(e)) if s <= e => (
+            ipnet::Ipv4Subnets::new(s, e, 0).map(IpNet::V4).collect(),
+            u128::from(u32::from(e) - u32::from(s)) + 1,
+        ),
+        (IpAddr::V6(s), IpAddr::V6(e)) if s <= e => (
+            ipnet::Ipv6Subnets::new(s, e, 0).map(IpNet::V6).collect(),
+            u128::from(e) - u128::from(s) + 1,
+        ),
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+            return Err(refuse("start comes after end".into()));
+        }
+        _ => return Err(refuse("start and end are of different families".into())),
+    };
+    if size > u128::from(MAX_ROUTERS) {
+        return Err(refuse(format!("{size} addresses, at most {MAX_ROUTERS}")));
+    }
+    if let Some(gw) = &network.spec.ipam.gateway {
+        let gw = parse_ip("spec.ipam.gateway", gw)?;
+        if cidrs.iter().any(|c| c.contains(&gw)) {
+            return Err(refuse(format!(
+                "it holds ipam.gateway {gw}, the virtual address the routers share: keep the gateway outside it"
+            )));
+        }
+    }
+    Ok(Some(Routers::Range { start, end, cidrs }))
 }
 
 /// Renders the client and (when asked) router attachments of `network` at `mtu`.
@@ -131,15 +195,23 @@ pub fn render(
             client_ipam(network, settings, gateway_excludes)?,
         ),
     }];
-    if let (Some(router), Some(name)) = (&network.spec.attachments.router, network.router_attachment_name()) {
-        let address: IpAddr = router
-            .address
-            .parse()
-            .map_err(|_| RenderError::RouterAddress(router.address.clone()))?;
-        let ipam = json!({
-            "type": "static",
-            "addresses": [{"address": format!("{address}/{}", range.prefix_len())}],
-        });
+    if let (Some(routers), Some(name)) = (routers(network)?, network.router_attachment_name()) {
+        let ipam = match routers {
+            Routers::One(address) => json!({
+                "type": "static",
+                "addresses": [{"address": format!("{address}/{}", range.prefix_len())}],
+            }),
+            // From the Network's pool, where the clients' attachment excludes them;
+            // no gateway: the routers hold it.
+            Routers::Range { start, end, .. } => json!({
+                "type": "whereabouts",
+                "range": ipam.range,
+                "range_start": start.to_string(),
+                "range_end": end.to_string(),
+                "network_name": pool_name(network),
+                "kubernetes": {"kubeconfig": settings.whereabouts_kubeconfig},
+            }),
+        };
         let mut config = conflist(&name, network, mtu, settings, ipam);
         let forwarding = match range {
             IpNet::V4(_) => "net.ipv4.ip_forward",
@@ -193,6 +265,11 @@ fn conflist(name: &str, network: &Network, mtu: u32, settings: &Settings, ipam: 
     })
 }
 
+/// The whereabouts pool of a Network: clients and routers allocate from it.
+fn pool_name(network: &Network) -> String {
+    format!("nno-{}", network.name_any())
+}
+
 fn host_cidr(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(_) => format!("{ip}/32"),
@@ -216,13 +293,14 @@ fn client_ipam(
     let mut exclude: Vec<String> = ipam.exclude.clone();
     let mut extra = Vec::new();
     if let Some(gw) = &ipam.gateway {
-        extra.push(parse_ip("spec.ipam.gateway", gw)?);
+        extra.push(host_cidr(parse_ip("spec.ipam.gateway", gw)?));
     }
-    if let Some(router) = &network.spec.attachments.router {
-        extra.push(parse_ip("spec.attachments.router.address", &router.address)?);
+    match routers(network)? {
+        Some(Routers::One(ip)) => extra.push(host_cidr(ip)),
+        Some(Routers::Range { cidrs, .. }) => extra.extend(cidrs.iter().map(IpNet::to_string)),
+        None => {}
     }
-    for ip in extra {
-        let cidr = host_cidr(ip);
+    for cidr in extra {
         if !exclude.contains(&cidr) {
             exclude.push(cidr);
         }
@@ -265,7 +343,7 @@ fn client_ipam(
     }
     // A pool of its own per Network, so two Networks with the same range never hand
     // out the same address twice or trip over each other's reservations.
-    out.insert("network_name", json!(format!("nno-{}", network.name_any())));
+    out.insert("network_name", json!(pool_name(network)));
     out.insert(
         "kubernetes",
         json!({"kubeconfig": settings.whereabouts_kubeconfig}),
@@ -497,7 +575,66 @@ mod tests {
             Err(RenderError::Range("nope".into()))
         );
         let mut net = full();
-        net.spec.attachments.router.as_mut().unwrap().address = "x".into();
+        net.spec.attachments.router.as_mut().unwrap().address = Some("x".into());
         assert!(render(&net, 1450, &Settings::default(), &[]).is_err());
+    }
+
+    fn ha(start: &str, end: &str) -> Network {
+        network(json!({
+            "bridge": {"name": "br-gw"},
+            "ipam": {"range": "192.168.50.0/24", "gateway": "192.168.50.1"},
+            "attachments": {"namespaces": ["default"], "router": {
+                "addresses": {"start": start, "end": end}, "namespace": "default"
+            }}
+        }))
+    }
+
+    #[test]
+    fn routers_sharing_the_gateway_get_addresses_of_their_range_which_the_clients_never_get() {
+        let rendered = render(
+            &ha("192.168.50.2", "192.168.50.5"),
+            1450,
+            &Settings::default(),
+            &[],
+        )
+        .unwrap();
+        let client = &rendered[0].config["plugins"][1]["ipam"];
+        assert_eq!(
+            client["exclude"],
+            json!(["192.168.50.1/32", "192.168.50.2/31", "192.168.50.4/31"]),
+            "the gateway and the router range"
+        );
+        assert_eq!(client["gateway"], "192.168.50.1");
+        let router = &rendered[1].config["plugins"][1]["ipam"];
+        assert_eq!(
+            *router,
+            json!({
+                "type": "whereabouts",
+                "range": "192.168.50.0/24",
+                "range_start": "192.168.50.2",
+                "range_end": "192.168.50.5",
+                "network_name": "nno-gw",
+                "kubernetes": {"kubeconfig": "/etc/cni/net.d/whereabouts.d/whereabouts.kubeconfig"}
+            }),
+            "one pool with the clients, no gateway: the routers hold it"
+        );
+        assert_eq!(
+            rendered[1].config["plugins"][2]["sysctl"]["net.ipv4.ip_forward"],
+            "1"
+        );
+    }
+
+    #[test]
+    fn a_router_range_that_cannot_work_is_refused_with_its_reason() {
+        let why = |start, end| {
+            render(&ha(start, end), 1450, &Settings::default(), &[])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(why("192.168.50.5", "192.168.50.2").contains("start comes after end"));
+        assert!(why("192.168.50.2", "fd00::2").contains("different families"));
+        assert!(why("192.168.50.1", "192.168.50.3").contains("holds ipam.gateway 192.168.50.1"));
+        assert!(why("192.168.50.2", "192.168.50.200").contains("199 addresses, at most 64"));
+        assert!(why("192.168.50.2", "x").contains("is not an IP address"));
     }
 }
