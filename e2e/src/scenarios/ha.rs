@@ -1,6 +1,6 @@
 //! Two routers sharing the gateway address (VRRP, the samples' keepalived): the
-//! active one deleted during a client's ping, the client's egress resumes through
-//! the other.
+//! active one deleted, and then the active one's node cut off, during a client's
+//! ping; each time the client's egress resumes through the other.
 
 use super::repair::{background_ping, stop_background_ping};
 use super::*;
@@ -74,27 +74,9 @@ pub(super) async fn ha(tb: &dyn Testbed) -> anyhow::Result<()> {
         ],
     )?;
     kubectl(tb, &["apply", "-n", "default", "-f", &pods])?;
-    kubectl(
-        tb,
-        &[
-            "rollout",
-            "status",
-            "-n",
-            "default",
-            "deployment/gateway-ha-router",
-            "--timeout=180s",
-        ],
-    )?;
+    rollout_done(tb)?;
     pods_ready(tb, &["pod/ha-client"], 180)?;
-    let (active, standby) = until("one router holds the gateway address", WAIT, || async {
-        let all = routers(tb)?;
-        let (holding, other): (Vec<_>, Vec<_>) = all.into_iter().partition(|(pod, _)| holds_gateway(tb, pod));
-        match (holding.as_slice(), other.as_slice()) {
-            ([active], [standby]) => Ok((active.clone(), standby.clone())),
-            _ => anyhow::bail!("holding {holding:?}, not holding {other:?}"),
-        }
-    })
-    .await?;
+    let (active, standby) = holder(tb).await?;
     let client_node = pod_node(tb, "default", "ha-client").await?;
     anyhow::ensure!(
         client_node != active.1 && client_node != standby.1 && active.1 != standby.1,
@@ -152,14 +134,12 @@ pub(super) async fn ha(tb: &dyn Testbed) -> anyhow::Result<()> {
         "{from_client_node} pings left from the client's node"
     );
     anyhow::ensure!(
-        log.lines()
-            .rev()
-            .filter(|l| l.contains("bytes from") || l.contains("no answer"))
-            .take(10)
-            .all(|l| l.contains("bytes from")),
+        last_answered(&log, 10),
         "the last pings were answered:\n{}",
         tail(&log, 30)
     );
+
+    isolated(tb).await?;
 
     kubectl(
         tb,
@@ -178,6 +158,140 @@ pub(super) async fn ha(tb: &dyn Testbed) -> anyhow::Result<()> {
         &["delete", "network/gateway-ha", "--wait=true", "--timeout=60s"],
     )?;
     Ok(())
+}
+
+/// Which router holds the gateway address, once exactly one of two does:
+/// (holder, other), each (pod, node).
+async fn holder(tb: &dyn Testbed) -> anyhow::Result<((String, String), (String, String))> {
+    until("one of two routers holds the gateway address", WAIT, || async {
+        let all = routers(tb)?;
+        let (holding, other): (Vec<_>, Vec<_>) = all.into_iter().partition(|(pod, _)| holds_gateway(tb, pod));
+        match (holding.as_slice(), other.as_slice()) {
+            ([active], [standby]) => Ok((active.clone(), standby.clone())),
+            _ => anyhow::bail!("holding {holding:?}, not holding {other:?}"),
+        }
+    })
+    .await
+}
+
+/// Whether the last `n` pings of a `ping -O` log were answered.
+fn last_answered(log: &str, n: usize) -> bool {
+    log.lines()
+        .rev()
+        .filter(|l| l.contains("bytes from") || l.contains("no answer"))
+        .take(n)
+        .all(|l| l.contains("bytes from"))
+}
+
+fn rollout_done(tb: &dyn Testbed) -> anyhow::Result<()> {
+    kubectl(
+        tb,
+        &[
+            "rollout",
+            "status",
+            "-n",
+            "default",
+            "deployment/gateway-ha-router",
+            "--timeout=180s",
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Cuts `node` off its underlay, or connects it again: every packet in or out of its
+/// eth0 dropped (firewall rules first in line; the link, its addresses and its
+/// routes stay as they are, so that the node is whole again once they go).
+fn cut(tb: &dyn Testbed, node: &str, off: bool) -> anyhow::Result<()> {
+    let op = if off { "-I" } else { "-D" };
+    for (chain, dir) in [
+        ("INPUT", "-i"),
+        ("OUTPUT", "-o"),
+        ("FORWARD", "-i"),
+        ("FORWARD", "-o"),
+    ] {
+        let mut args = vec![op, chain];
+        if off {
+            args.push("1");
+        }
+        args.extend([
+            dir,
+            "eth0",
+            "-m",
+            "comment",
+            "--comment",
+            "nno-e2e-cut",
+            "-j",
+            "DROP",
+        ]);
+        tb.on_node(node, "iptables", &args)?;
+    }
+    Ok(())
+}
+
+/// The node of the router holding the gateway cut off (its underlay dropped)
+/// during the client's ping: the other router notices the missing advertisements
+/// and takes the address over; the client's egress resumes through it. The link is
+/// brought back after.
+async fn isolated(tb: &dyn Testbed) -> anyhow::Result<()> {
+    rollout_done(tb)?;
+    let (active, standby) = holder(tb).await?;
+    let outside = tb.outside();
+    let standby_ip = node_ip(tb, &standby.1).await?.to_string();
+    outside.count_from(&standby_ip)?;
+    let mut ping = background_ping(tb, "ha-client", PING_LOG)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let standby_before = outside.received_from(&standby_ip)?;
+    let cut_at = unix_now();
+    cut(tb, &active.1, true)?;
+    let took_over = until("the other router takes the gateway address", WAIT, || async {
+        anyhow::ensure!(holds_gateway(tb, &standby.0), "not yet");
+        Ok(unix_now())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stopped = stop_background_ping(tb, "ha-client", &mut ping, PING_LOG);
+    let through_standby = outside.received_from(&standby_ip);
+    cut(tb, &active.1, false)?;
+    let through_standby = through_standby? - standby_before;
+    let took_over = took_over?;
+    let (sent, received, log) = stopped?;
+    let gap = longest_gap(&log, cut_at);
+    println!(
+        "HA: {} on {} held {GATEWAY}, its node cut off; {} on {} held it {:.2} s later; egress stopped for {}; {through_standby} pings through it; {received} of {sent} answered",
+        active.0,
+        active.1,
+        standby.0,
+        standby.1,
+        took_over - cut_at,
+        gap.map_or("-".into(), |g| format!("{g:.2} s")),
+    );
+    anyhow::ensure!(
+        through_standby >= 10,
+        "egress resumed through the other router: {through_standby} pings there\n{}",
+        tail(&log, 30)
+    );
+    anyhow::ensure!(
+        last_answered(&log, 10),
+        "the last pings were answered:\n{}",
+        tail(&log, 30)
+    );
+    // The node back, with its kubelet and agent, for what comes next.
+    let node = format!("node/{}", active.1);
+    kubectl(tb, &["wait", "--for=condition=Ready", &node, "--timeout=120s"])?;
+    kubectl(
+        tb,
+        &[
+            "rollout",
+            "status",
+            "-n",
+            NAMESPACE,
+            "daemonset",
+            "-l",
+            "app.kubernetes.io/component=agent",
+            "--timeout=120s",
+        ],
+    )?;
+    rollout_done(tb)
 }
 
 #[cfg(test)]

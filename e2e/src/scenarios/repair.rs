@@ -119,6 +119,13 @@ pub(super) async fn restart(tb: &dyn Testbed) -> anyhow::Result<()> {
     };
     let pods: Api<Pod> = Api::namespaced(tb.client(), NAMESPACE);
     let before = restarts(&pods.get(&agent).await?);
+    // Under the chart's security context (read-only root filesystem) the agent keeps
+    // the generations in force in its socket directory, the hostPath that outlives it.
+    let state: Value = serde_json::from_str(&tb.on_node(&node, "cat", &["/run/nno/agent-state.json"])?)?;
+    anyhow::ensure!(
+        state["Network/gateway"]["good"]["generation"].is_i64(),
+        "the agent's state file has the gateway Network's generation: {state}"
+    );
     let mut ping = background_ping(tb, "client", "/tmp/restart-ping.log")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     tb.signal_agent(&node, "KILL")?;
