@@ -124,6 +124,44 @@ fn engine_run(
     r
 }
 
+/// The engine removing what it made (nothing desired any more): the time and its
+/// writes.
+fn engine_removal(
+    rt: &tokio::runtime::Runtime,
+    desired: &[DesiredLink],
+    keep: &mut Vec<Netns>,
+) -> (Duration, u64) {
+    let ns = fresh("bench-remove");
+    let r = rt.block_on(async {
+        let mut engine = Engine::in_netns(ns.path()).unwrap();
+        let writes = engine.write_counter();
+        engine.reconcile(desired).await;
+        let before = writes.get();
+        let t = Instant::now();
+        let states = engine.reconcile(&[]).await;
+        assert!(states.is_empty());
+        (t.elapsed(), writes.get() - before)
+    });
+    assert!(ns.link("nbr0").is_none() && ns.link(&format!("nvx{}", N - 1)).is_none());
+    keep.push(ns);
+    r
+}
+
+/// The same links made with `ip -batch`, then deleted with `ip -batch` (one
+/// `RTM_DELLINK` each): the time of the deletion.
+fn batch_removal(ip_cmds: &[String], keep: &mut Vec<Netns>) -> Duration {
+    let ns = fresh("bench-batchdel");
+    batch("ip", &ns, ip_cmds);
+    let dels: Vec<String> = (0..N)
+        .flat_map(|i| [format!("link del nvx{i}"), format!("link del nbr{i}")])
+        .collect();
+    let t = Instant::now();
+    batch("ip", &ns, &dels);
+    let took = t.elapsed();
+    keep.push(ns);
+    took
+}
+
 fn per_command_run(ip_cmds: &[String], bridge_cmds: &[String], keep: &mut Vec<Netns>) -> Duration {
     let ns = fresh("bench-ip");
     let t = Instant::now();
@@ -167,6 +205,7 @@ fn main() {
     let processes = ip_cmds.len() + bridge_cmds.len();
 
     let (mut apply, mut noop, mut per_command, mut batched) = (vec![], vec![], vec![], vec![]);
+    let (mut removal, mut removal_writes, mut batch_del) = (vec![], 0, vec![]);
     let (mut apply_writes, mut noop_writes) = (0, 0);
     // Namespaces are removed only at the end: the kernel tears a namespace down
     // asynchronously, holding the rtnl lock, which would slow the next run.
@@ -180,6 +219,10 @@ fn main() {
         noop_writes = noop_writes.max(nw);
         per_command.push(per_command_run(&ip_cmds, &bridge_cmds, &mut keep));
         batched.push(batch_run(&ip_cmds, &bridge_cmds, &mut keep));
+        let (r, rw) = engine_removal(&rt, &desired, &mut keep);
+        removal.push(r);
+        removal_writes = rw;
+        batch_del.push(batch_removal(&ip_cmds, &mut keep));
     }
     let spread = |v: &[Duration]| {
         let min = v.iter().min().unwrap();
@@ -208,6 +251,8 @@ fn main() {
         processes as u64,
     );
     row("iproute2: ip -batch + bridge -batch", &batched, processes as u64);
+    row("engine: removal of all of it", &removal, removal_writes);
+    row("iproute2: ip -batch link del each", &batch_del, 2 * N as u64);
     let (a, p, b) = (median(apply), median(per_command), median(batched));
     println!(
         "ratio iproute2 per-command / engine apply: {:.1}x",
@@ -216,6 +261,10 @@ fn main() {
     println!(
         "ratio iproute2 batch / engine apply:       {:.2}x",
         b.as_secs_f64() / a.as_secs_f64()
+    );
+    println!(
+        "ratio ip -batch removal / engine removal:  {:.2}x",
+        median(batch_del).as_secs_f64() / median(removal).as_secs_f64()
     );
     drop(keep);
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use nno::netlink::{
-    Applied, Carrier, DesiredKind, DesiredLink, Engine, LinkState, VxlanConfig, marker, reason,
+    Applied, Carrier, DELETE_GROUP, DesiredKind, DesiredLink, Engine, LinkState, VxlanConfig, marker, reason,
 };
 use serde_json::Value;
 use support::{Netns, info_data, is_up};
@@ -277,6 +277,44 @@ async fn deletes_only_what_it_created() {
     assert!(ns.link("br-foreign").is_some());
     assert!(ns.link("vx-foreign").is_some());
     assert!(ns.link("under0").is_some());
+}
+
+/// Many deletions leave in one batch (each interface put in the delete group, one
+/// `RTM_DELLINK` of the group); with a foreign interface in that group they are
+/// deleted one at a time instead, and the foreign one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_deletions_leave_in_one_batch_unless_the_group_is_taken() {
+    let ns = Netns::new("batchdel");
+    ns.veth("under0", "under0p", &["198.18.0.1/24"]);
+    let many: Vec<DesiredLink> = (0..20)
+        .flat_map(|i| {
+            let bridge_name = format!("br-b{i}");
+            let mut b = bridge(&bridge_name, None);
+            b.owner = format!("Network/b{i}");
+            let mut v = vxlan(&format!("vx-b{i}"), "under0", |c| {
+                c.vni = 100 + i;
+                c.master = Some(bridge_name.clone());
+            });
+            v.owner = format!("Network/b{i}");
+            [b, v]
+        })
+        .collect();
+    let mut engine = Engine::in_netns(ns.path()).unwrap();
+    assert_all_ready(&pass(&mut engine, &many).await.0);
+    let (states, writes) = pass(&mut engine, &[]).await;
+    assert!(states.is_empty());
+    assert_eq!(writes, 41, "40 into the group, one delete of the group");
+    assert!(ns.ip(&["-o", "link", "show"]).lines().all(|l| !l.contains("-b")));
+    assert!(ns.link("under0").is_some());
+
+    // The group taken by someone else: one delete per interface, theirs untouched.
+    assert_all_ready(&pass(&mut engine, &many).await.0);
+    ns.ip(&["link", "add", "br-foreign", "type", "bridge"]);
+    ns.ip(&["link", "set", "br-foreign", "group", &DELETE_GROUP.to_string()]);
+    let (_, writes) = pass(&mut engine, &[]).await;
+    assert_eq!(writes, 40, "one at a time");
+    assert!(ns.ip(&["-o", "link", "show"]).lines().all(|l| !l.contains("-b")));
+    assert!(ns.link("br-foreign").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

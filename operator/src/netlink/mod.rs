@@ -76,7 +76,7 @@ mod ports;
 mod step;
 mod types;
 
-pub use apply::WriteCounter;
+pub use apply::{DELETE_GROUP, WriteCounter};
 pub use engine::{Applied, Engine};
 pub use error::{Error, Operation};
 pub use plan::{Plan, Problem, plan};
