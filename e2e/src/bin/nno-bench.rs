@@ -1,0 +1,931 @@
+//! `nno-bench`: node-network-operator at cluster scale (issue 15). One real control
+//! plane; simulated nodes (network namespaces on a 198.18.N.0/24 underlay), each
+//! with the real agent; the real controller. Prints a table (median, p99, max of
+//! repeated runs) and optionally writes JSON with the machine and its load.
+//!
+//!   nno-bench [--nodes 3,10,30] [--runs 3] [--json out.json] [--steady-secs 60]
+//!             [--networks 50] [--compare DIR]
+//!
+//! Run as root, from a release build: `cargo build --release --workspace --bins`,
+//! then `target/release/nno-bench` (or `cargo run --release -p nno-e2e --bin
+//! nno-bench -- ...` once the operator binary is built). `--compare DIR` runs the
+//! same work with the `node-network-operator` binary in DIR as a second build, on
+//! the same nodes and control plane, and prints each figure's ratio to the first.
+//!
+//! Per node count and build: `--runs` times a Network (bridge + VXLAN with
+//! nodePeers) applied, its MTU changed, a node joining and leaving, and the Network
+//! deleted; then the footprint and API requests of a steady state (one Network,
+//! `--steady-secs`), and `--networks` Networks applied at once and deleted. Once per
+//! build: 100 bridge + 100 VXLAN Links on one node created and deleted; once: the
+//! kernel's own deletion of the same links in a scratch namespace.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+use nno::api::{Link, Network};
+use nno::multus::NetworkAttachmentDefinition;
+use nno_e2e::Cluster;
+use nno_e2e::bench::report::{Results, machine};
+use nno_e2e::bench::{self, ProcSample, RequestCount, clock_ticks, kernel, proc_sample};
+use nno_e2e::node::SimNode;
+use nno_e2e::operator::{self, NAMESPACE};
+use nno_e2e::process::Process;
+use serde_json::json;
+
+const LABEL: &str = "nno-bench";
+/// Index of the node that gets the 200 Links (not selected by any Network).
+const BULK_INDEX: u8 = 200;
+/// Joining nodes take indexes from here down.
+const FIRST_JOINER: u8 = 199;
+const PAIRS: usize = 100;
+const POLL: Duration = Duration::from_millis(5);
+
+struct Args {
+    nodes: Vec<usize>,
+    runs: usize,
+    json: Option<PathBuf>,
+    steady: Duration,
+    networks: usize,
+    compare: Option<PathBuf>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        nodes: vec![3, 10, 30],
+        runs: 3,
+        json: None,
+        steady: Duration::from_secs(60),
+        networks: 50,
+        compare: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--nodes" => {
+                a.nodes = value()?
+                    .split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse::<usize>()
+                            .context("--nodes takes numbers, e.g. 3,10,30")
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            "--runs" => a.runs = value()?.parse().context("--runs takes a number")?,
+            "--json" => a.json = Some(value()?.into()),
+            "--steady-secs" => a.steady = Duration::from_secs(value()?.parse().context("--steady-secs")?),
+            "--networks" => a.networks = value()?.parse().context("--networks takes a number")?,
+            "--compare" => a.compare = Some(value()?.into()),
+            other => anyhow::bail!("unknown argument {other}; see the header of e2e/src/bin/nno-bench.rs"),
+        }
+    }
+    a.nodes.sort_unstable();
+    a.nodes.dedup();
+    let most = a.nodes.last().copied().unwrap_or(0);
+    let joiners = a.nodes.len() * a.runs;
+    anyhow::ensure!(
+        most >= 1 && most + joiners < usize::from(FIRST_JOINER),
+        "at most {} nodes with {joiners} joining ones: a node's underlay index is 1..=200, {BULK_INDEX} is the Links node",
+        usize::from(FIRST_JOINER) - joiners - 1
+    );
+    anyhow::ensure!(a.runs >= 1 && a.networks <= 200, "--runs >= 1, --networks <= 200");
+    Ok(a)
+}
+
+struct Build {
+    name: String,
+    binary: PathBuf,
+}
+
+struct Bench {
+    cluster: Cluster,
+    nodes: Vec<SimNode>,
+    kubeconfigs: Vec<PathBuf>,
+    bulk: SimNode,
+    bulk_kubeconfig: PathBuf,
+    controller: Option<Process>,
+    networks: Api<Network>,
+    net_store: Store<Network>,
+    nad_store: Store<NetworkAttachmentDefinition>,
+    next_joiner: u8,
+    results: Results,
+    runs: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    nno_e2e::require_root();
+    let args = parse_args()?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut builds = vec![Build {
+        name: "this".into(),
+        binary: operator::bin("node-network-operator"),
+    }];
+    if let Some(dir) = &args.compare {
+        let binary = dir.join("node-network-operator");
+        anyhow::ensure!(
+            binary.is_file(),
+            "--compare: no node-network-operator in {}",
+            dir.display()
+        );
+        builds.push(Build {
+            name: "compare".into(),
+            binary,
+        });
+    }
+    let mut results = Results::default();
+
+    println!("kernel baseline: {PAIRS} bridges + {PAIRS} VXLANs deleted in a scratch namespace");
+    results.load("kernel baseline");
+    for _ in 0..args.runs {
+        let [per_process, batch, group] = kernel::removal(PAIRS).context("kernel baseline")?;
+        results.add(
+            "kernel",
+            0,
+            "200 links deleted: one `ip link del` each",
+            "ms",
+            ms(per_process),
+        );
+        results.add("kernel", 0, "200 links deleted: `ip -batch`", "ms", ms(batch));
+        results.add(
+            "kernel",
+            0,
+            "200 links deleted: `ip link del group`",
+            "ms",
+            ms(group),
+        );
+    }
+
+    println!("starting the control plane");
+    let cluster = Cluster::start().await.context("starting the control plane")?;
+    operator::install_rbac(&cluster)
+        .await
+        .context("installing the chart's RBAC")?;
+    let client = cluster.client();
+    let (net_store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<Network>::all(client.clone()), Default::default()),
+    );
+    tokio::spawn(stream.for_each(|_| async {}));
+    let (nad_store, writer) = reflector::store();
+    let nads = Api::<NetworkAttachmentDefinition>::namespaced(client.clone(), "default");
+    tokio::spawn(reflector::reflector(writer, watcher(nads, Default::default())).for_each(|_| async {}));
+    net_store.wait_until_ready().await.context("Network watch")?;
+    nad_store.wait_until_ready().await.context("NAD watch")?;
+
+    let bulk = SimNode::create(&cluster, "bulk", BULK_INDEX, 1500, &[])
+        .await
+        .context("creating the Links node")?;
+    let bulk_kubeconfig = operator::agent_kubeconfig(&cluster, "bulk").await?;
+    let mut b = Bench {
+        networks: Api::all(client.clone()),
+        cluster,
+        nodes: Vec::new(),
+        kubeconfigs: Vec::new(),
+        bulk,
+        bulk_kubeconfig,
+        controller: None,
+        net_store,
+        nad_store,
+        next_joiner: FIRST_JOINER,
+        results,
+        runs: args.runs,
+    };
+
+    'counts: for (round, &n) in args.nodes.iter().enumerate() {
+        b.results.load(&format!("{n} nodes: creating nodes"));
+        while b.nodes.len() < n {
+            let index = b.nodes.len() as u8 + 1;
+            let t = Instant::now();
+            if let Err(e) = b.add_node(index).await {
+                b.results.note(format!(
+                    "stopped at {} nodes: node {index} could not be created: {e:#}",
+                    b.nodes.len()
+                ));
+                break 'counts;
+            }
+            b.results.add(
+                "harness",
+                n,
+                "node set up (netns, Node, token)",
+                "ms",
+                ms(t.elapsed()),
+            );
+        }
+        for build in &builds {
+            println!("== {n} nodes, build {} ({})", build.name, build.binary.display());
+            b.results.load(&format!("{n} nodes, build {}", build.name));
+            let outcome = b.round(build, n, round == 0, args.steady, args.networks).await;
+            b.stop_components().await;
+            if let Err(e) = outcome {
+                b.results
+                    .note(format!("{n} nodes, build {}: stopped: {e:#}", build.name));
+                break 'counts;
+            }
+            println!("{}", b.results.table(&names(&builds)));
+        }
+    }
+
+    let table = b.results.table(&names(&builds));
+    println!("\n{table}");
+    if let Some(path) = &args.json {
+        let builds: Vec<(String, String)> = builds
+            .iter()
+            .map(|x| (x.name.clone(), x.binary.display().to_string()))
+            .collect();
+        let doc = b.results.json(machine(), &command, &builds, args.runs);
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn names(builds: &[Build]) -> Vec<String> {
+    builds.iter().map(|b| b.name.clone()).collect()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn bench_network(name: &str, bridge: &str, vni: u32, range: &str) -> anyhow::Result<Network> {
+    serde_json::from_value(json!({
+        "apiVersion": "nno.dev/v1alpha1", "kind": "Network", "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"matchLabels": {LABEL: "true"}},
+            "bridge": {"name": bridge},
+            "vxlan": {"vni": vni, "nodePeers": {}},
+            "ipam": {"range": range},
+            "attachments": {"namespaces": ["default"]}
+        }
+    }))
+    .context("a benchmark Network")
+}
+
+/// The all-zero FDB destinations (unicast peers) of `dev` in `netns`.
+fn fdb_peers(netns: &str, dev: &str) -> Vec<String> {
+    let Ok(out) = std::process::Command::new("bridge")
+        .args(["-n", netns, "-j", "fdb", "show", "dev", dev])
+        .output()
+    else {
+        return Vec::new();
+    };
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    entries
+        .iter()
+        .filter(|e| e["mac"] == "00:00:00:00:00:00")
+        .filter_map(|e| e["dst"].as_str().map(String::from))
+        .collect()
+}
+
+/// Interfaces of `netns` whose name starts with one of `prefixes`: (all, up).
+fn count_links(netns: &str, prefixes: &[&str]) -> (usize, usize) {
+    let Ok(out) = nno_e2e::underlay::ip_in(netns, &["-j", "link", "show"]) else {
+        return (0, 0);
+    };
+    let links: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+    let ours: Vec<&serde_json::Value> = links
+        .iter()
+        .filter(|l| {
+            l["ifname"]
+                .as_str()
+                .is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p)))
+        })
+        .collect();
+    let up = ours
+        .iter()
+        .filter(|l| l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP")))
+        .count();
+    (ours.len(), up)
+}
+
+/// Polls `check` every 5 ms until it holds; fails after `timeout` naming `what`.
+async fn until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}
+
+impl Bench {
+    async fn add_node(&mut self, index: u8) -> anyhow::Result<()> {
+        let name = format!("n{index}");
+        let node = SimNode::create(&self.cluster, &name, index, 1500, &[(LABEL, "true")]).await?;
+        let kubeconfig = operator::agent_kubeconfig(&self.cluster, &name).await?;
+        self.nodes.push(node);
+        self.kubeconfigs.push(kubeconfig);
+        Ok(())
+    }
+
+    async fn start_components(&mut self, build: &Build, n: usize) -> anyhow::Result<()> {
+        let kubeconfig = operator::component_kubeconfig(&self.cluster, "controller").await?;
+        self.controller = Some(operator::start_controller_binary(
+            &self.cluster,
+            &build.binary,
+            &kubeconfig,
+            &format!("bench-{}", build.name),
+            &[],
+        )?);
+        for (node, kubeconfig) in self.nodes.iter_mut().zip(&self.kubeconfigs).take(n) {
+            node.start_agent_binary(kubeconfig, &build.binary)?;
+        }
+        self.bulk
+            .start_agent_binary(&self.bulk_kubeconfig, &build.binary)?;
+        // Every agent serves its metrics once it runs; then a moment to report.
+        for node in self.nodes.iter().take(n).chain([&self.bulk]) {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while node.agent_http("/metrics").await.is_err() {
+                anyhow::ensure!(Instant::now() < deadline, "agent on {} not serving", node.name);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok(())
+    }
+
+    async fn stop_components(&mut self) {
+        for node in self.nodes.iter_mut().chain([&mut self.bulk]) {
+            node.stop_agent();
+        }
+        if let Some(mut c) = self.controller.take() {
+            c.stop(Duration::from_secs(5));
+        }
+        // The next build's controller need not wait for this one's Lease to expire.
+        let leases: Api<Lease> = Api::namespaced(self.cluster.client(), NAMESPACE);
+        let _ = leases
+            .delete("node-network-operator-controller", &DeleteParams::default())
+            .await;
+    }
+
+    async fn api_snapshot(&self) -> anyhow::Result<Vec<RequestCount>> {
+        let req = http::Request::get("/metrics").body(Vec::new())?;
+        let text = self
+            .cluster
+            .client()
+            .request_text(req)
+            .await
+            .context("GET /metrics from the API server")?;
+        Ok(bench::parse_request_totals(&text))
+    }
+
+    /// Network `name` Ready on `n` nodes at its generation (and with `mtu`), its
+    /// NAD written (with `mtu`).
+    fn converged(&self, name: &str, n: usize, mtu: Option<u32>) -> bool {
+        let Some(net) = self.net_store.get(&ObjectRef::new(name)) else {
+            return false;
+        };
+        let Some(s) = &net.status else { return false };
+        let ready =
+            nno::api::common::find_condition(&s.conditions, "Ready").is_some_and(|c| c.status == "True");
+        let status_ok = ready
+            && s.observed_generation == net.metadata.generation
+            && s.desired_nodes as usize == n
+            && s.ready_nodes as usize == n
+            && mtu.is_none_or(|m| s.mtu == Some(m));
+        status_ok && self.nad_ok(name, mtu)
+    }
+
+    fn nad_ok(&self, name: &str, mtu: Option<u32>) -> bool {
+        let Some(nad) = self.nad_store.get(&ObjectRef::new(name).within("default")) else {
+            return false;
+        };
+        let Some(want) = mtu else { return true };
+        let config: serde_json::Value = serde_json::from_str(&nad.spec.config).unwrap_or_default();
+        config["plugins"][1]["mtu"].as_u64() == Some(u64::from(want))
+    }
+
+    fn timeout(n: usize) -> Duration {
+        Duration::from_secs(60 + n as u64)
+    }
+
+    fn pids(&self, n: usize) -> anyhow::Result<(u32, Vec<u32>)> {
+        let controller = self.controller.as_ref().context("no controller")?.pid();
+        let agents = self
+            .nodes
+            .iter()
+            .take(n)
+            .map(|node| node.agent_pid().context("agent not running"))
+            .collect::<anyhow::Result<_>>()?;
+        Ok((controller, agents))
+    }
+
+    async fn round(
+        &mut self,
+        build: &Build,
+        n: usize,
+        first: bool,
+        steady: Duration,
+        many: usize,
+    ) -> anyhow::Result<()> {
+        self.start_components(build, n).await?;
+        for run in 0..self.runs {
+            self.lifecycle(build, n, run).await?;
+        }
+        self.steady_state(&build.name, n, steady).await?;
+        self.many_networks(&build.name, n, many).await?;
+        if first {
+            for _ in 0..self.runs {
+                self.bulk_links(&build.name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply, MTU change, a node joining and leaving, delete.
+    async fn lifecycle(&mut self, b: &Build, n: usize, run: usize) -> anyhow::Result<()> {
+        let build = b.name.as_str();
+        let name = format!("bench-{run}");
+        let bridge = format!("bb{run}");
+        let vni = 100 + run as u32;
+        let vxlan = format!("vxlan{vni}");
+        let wait = Self::timeout(n);
+        println!("  run {run}: apply");
+
+        let before = self.api_snapshot().await?;
+        let t = Instant::now();
+        self.networks
+            .create(
+                &PostParams::default(),
+                &bench_network(&name, &bridge, vni, "192.168.50.0/24")?,
+            )
+            .await
+            .context("creating the Network")?;
+        until(&format!("{name} Ready on {n} nodes"), wait, || {
+            self.converged(&name, n, None)
+        })
+        .await?;
+        self.results.add(
+            build,
+            n,
+            "apply → Ready on all nodes, NAD written",
+            "ms",
+            ms(t.elapsed()),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let delta = bench::request_delta(&before, &self.api_snapshot().await?);
+        let w = bench::writes(&delta) - 1.0; // less the benchmark's own create
+        self.results
+            .add(build, n, "API writes per apply (+1 s)", "writes", w);
+        self.results
+            .add(build, n, "API writes per apply per node", "writes", w / n as f64);
+
+        println!("  run {run}: MTU change");
+        let before = self.api_snapshot().await?;
+        let t = Instant::now();
+        self.networks
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"mtu": 1400}})),
+            )
+            .await
+            .context("changing the MTU")?;
+        until(&format!("{name} MTU 1400 on {n} nodes"), wait, || {
+            self.converged(&name, n, Some(1400))
+        })
+        .await?;
+        self.results.add(
+            build,
+            n,
+            "MTU change → all Ready at the new generation",
+            "ms",
+            ms(t.elapsed()),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let delta = bench::request_delta(&before, &self.api_snapshot().await?);
+        let w = bench::writes(&delta) - 1.0;
+        self.results
+            .add(build, n, "API writes per MTU change (+1 s)", "writes", w);
+        self.results.add(
+            build,
+            n,
+            "API writes per MTU change per node",
+            "writes",
+            w / n as f64,
+        );
+
+        println!("  run {run}: node joining");
+        let index = self.next_joiner;
+        self.next_joiner -= 1;
+        let jname = format!("j{index}");
+        let t = Instant::now();
+        let mut joiner = SimNode::create(&self.cluster, &jname, index, 1500, &[(LABEL, "true")]).await?;
+        let kubeconfig = operator::agent_kubeconfig(&self.cluster, &jname).await?;
+        joiner.start_agent_binary(&kubeconfig, &b.binary)?;
+        let addr = joiner.address.to_string();
+        for node in self.nodes.iter().take(n) {
+            until(&format!("{jname} in {}'s FDB", node.name), wait, || {
+                fdb_peers(&node.netns, &vxlan).contains(&addr)
+            })
+            .await?;
+        }
+        until(&format!("{jname} peers with all {n}"), wait, || {
+            fdb_peers(&joiner.netns, &vxlan).len() == n
+        })
+        .await?;
+        self.results.add(
+            build,
+            n,
+            "node joins → in every peer's FDB, peers in its",
+            "ms",
+            ms(t.elapsed()),
+        );
+        until(&format!("{name} Ready on {} nodes", n + 1), wait, || {
+            self.converged(&name, n + 1, Some(1400))
+        })
+        .await?;
+        self.results.add(
+            build,
+            n,
+            "node joins → Network Ready on n+1",
+            "ms",
+            ms(t.elapsed()),
+        );
+
+        let t = Instant::now();
+        joiner.deregister(&self.cluster).await?;
+        for node in self.nodes.iter().take(n) {
+            until(&format!("{jname} out of {}'s FDB", node.name), wait, || {
+                !fdb_peers(&node.netns, &vxlan).contains(&addr)
+            })
+            .await?;
+        }
+        self.results.add(
+            build,
+            n,
+            "Node deleted → out of every peer's FDB",
+            "ms",
+            ms(t.elapsed()),
+        );
+        joiner.stop_agent();
+        drop(joiner);
+        until(&format!("{name} back to {n} nodes"), wait, || {
+            self.converged(&name, n, Some(1400))
+        })
+        .await?;
+
+        println!("  run {run}: delete");
+        let t = Instant::now();
+        self.networks
+            .delete(&name, &DeleteParams::default())
+            .await
+            .context("deleting the Network")?;
+        for node in self.nodes.iter().take(n) {
+            until(&format!("{bridge} gone from {}", node.name), wait, || {
+                node.ifindex(&bridge).is_none() && node.ifindex(&vxlan).is_none()
+            })
+            .await?;
+        }
+        self.results.add(
+            build,
+            n,
+            "delete → links gone from every node",
+            "ms",
+            ms(t.elapsed()),
+        );
+        until(&format!("{name} deleted"), wait, || {
+            self.net_store.get(&ObjectRef::new(&name)).is_none()
+        })
+        .await?;
+        self.results.add(
+            build,
+            n,
+            "delete → Network object gone (finalizer)",
+            "ms",
+            ms(t.elapsed()),
+        );
+        Ok(())
+    }
+
+    /// One Network Ready; then memory, CPU and API requests over `window`.
+    async fn steady_state(&mut self, build: &str, n: usize, window: Duration) -> anyhow::Result<()> {
+        println!("  steady state ({window:?})");
+        self.networks
+            .create(
+                &PostParams::default(),
+                &bench_network("idle", "bidle", 4000, "192.168.60.0/24")?,
+            )
+            .await
+            .context("creating the idle Network")?;
+        until("idle Ready", Self::timeout(n), || self.converged("idle", n, None)).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (controller, agents) = self.pids(n)?;
+        let c0 = proc_sample(controller)?;
+        let a0: Vec<ProcSample> = agents
+            .iter()
+            .map(|p| proc_sample(*p))
+            .collect::<anyhow::Result<_>>()?;
+        let api0 = self.api_snapshot().await?;
+        let t = Instant::now();
+        tokio::time::sleep(window).await;
+        let api1 = self.api_snapshot().await?;
+        let secs = t.elapsed().as_secs_f64();
+        let c1 = proc_sample(controller)?;
+        let pct = |a: &ProcSample, b: &ProcSample| {
+            (b.cpu_ticks - a.cpu_ticks) as f64 / clock_ticks() / secs * 100.0
+        };
+        self.results
+            .add(build, n, "controller RSS idle", "MiB", mib(c1.rss_kib));
+        self.results
+            .add(build, n, "controller CPU idle", "% of a core", pct(&c0, &c1));
+        for (pid, a0) in agents.iter().zip(&a0) {
+            let a1 = proc_sample(*pid)?;
+            self.results
+                .add(build, n, "agent RSS idle (each agent)", "MiB", mib(a1.rss_kib));
+            self.results.add(
+                build,
+                n,
+                "agent CPU idle (each agent)",
+                "% of a core",
+                pct(a0, &a1),
+            );
+        }
+        let delta = bench::request_delta(&api0, &api1);
+        let per_min = 60.0 / secs;
+        self.results.add(
+            build,
+            n,
+            "API writes per minute, steady state",
+            "writes/min",
+            bench::writes(&delta) * per_min,
+        );
+        let reads: f64 = delta
+            .iter()
+            .filter(|((verb, target), _)| {
+                matches!(verb.as_str(), "GET" | "LIST") && !target.starts_with(bench::NON_RESOURCE)
+            })
+            .map(|(_, v)| v)
+            .sum();
+        self.results.add(
+            build,
+            n,
+            "API GET+LIST per minute, steady state",
+            "requests/min",
+            reads * per_min,
+        );
+        let detail: Vec<String> = delta
+            .iter()
+            .filter(|((verb, _), _)| !matches!(verb.as_str(), "WATCH" | "WATCHLIST"))
+            .map(|((verb, target), v)| format!("{verb} {target}: {v}"))
+            .collect();
+        self.results.note(format!(
+            "{n} nodes, build {build}: requests in a {secs:.0} s steady state (the benchmark's own: GET /metrics): {}",
+            detail.join(", ")
+        ));
+        self.networks.delete("idle", &DeleteParams::default()).await?;
+        until("idle deleted", Self::timeout(n), || {
+            self.net_store.get(&ObjectRef::new("idle")).is_none()
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `many` Networks applied at once: time to all Ready, CPU and peak memory; then
+    /// deleted: time to their links gone from every node.
+    async fn many_networks(&mut self, build: &str, n: usize, many: usize) -> anyhow::Result<()> {
+        if many == 0 {
+            return Ok(());
+        }
+        println!("  {many} Networks at once");
+        let (controller, agents) = self.pids(n)?;
+        let c0 = proc_sample(controller)?;
+        let a0: Vec<ProcSample> = agents
+            .iter()
+            .map(|p| proc_sample(*p))
+            .collect::<anyhow::Result<_>>()?;
+        let mut peak_c = c0.rss_kib;
+        let mut peak_a: Vec<u64> = a0.iter().map(|s| s.rss_kib).collect();
+        let api0 = self.api_snapshot().await?;
+        let names: Vec<String> = (0..many).map(|i| format!("many-{i}")).collect();
+        let t = Instant::now();
+        for (i, name) in names.iter().enumerate() {
+            let net = bench_network(
+                name,
+                &format!("bm{i}"),
+                5000 + i as u32,
+                &format!("10.{i}.0.0/24"),
+            )?;
+            self.networks.create(&PostParams::default(), &net).await?;
+        }
+        let deadline = Instant::now() + Self::timeout(n) * 2;
+        let mut last_sample = Instant::now();
+        while !names.iter().all(|name| self.converged(name, n, None)) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{many} Networks not Ready on {n} nodes in time"
+            );
+            if last_sample.elapsed() > Duration::from_millis(100) {
+                peak_c = peak_c.max(proc_sample(controller)?.rss_kib);
+                for (peak, pid) in peak_a.iter_mut().zip(&agents) {
+                    *peak = (*peak).max(proc_sample(*pid)?.rss_kib);
+                }
+                last_sample = Instant::now();
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let elapsed = t.elapsed();
+        let figure = |what: &str| format!("{many} Networks {what}");
+        self.results.add(
+            build,
+            n,
+            &figure("applied → all Ready, NADs written"),
+            "ms",
+            ms(elapsed),
+        );
+        let c1 = proc_sample(controller)?;
+        let tck = clock_ticks();
+        self.results.add(
+            build,
+            n,
+            &figure("converging: controller CPU"),
+            "s",
+            (c1.cpu_ticks - c0.cpu_ticks) as f64 / tck,
+        );
+        self.results.add(
+            build,
+            n,
+            &figure("converging: controller peak RSS"),
+            "MiB",
+            mib(peak_c.max(c1.rss_kib)),
+        );
+        for ((pid, a0), peak) in agents.iter().zip(&a0).zip(&peak_a) {
+            let a1 = proc_sample(*pid)?;
+            self.results.add(
+                build,
+                n,
+                &figure("converging: agent CPU (each)"),
+                "s",
+                (a1.cpu_ticks - a0.cpu_ticks) as f64 / tck,
+            );
+            self.results.add(
+                build,
+                n,
+                &figure("converging: agent peak RSS (each)"),
+                "MiB",
+                mib((*peak).max(a1.rss_kib)),
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let delta = bench::request_delta(&api0, &self.api_snapshot().await?);
+        let w = bench::writes(&delta) - many as f64;
+        self.results.add(
+            build,
+            n,
+            &figure("API writes per Network per node"),
+            "writes",
+            w / (many * n) as f64,
+        );
+
+        let t = Instant::now();
+        for name in &names {
+            self.networks.delete(name, &DeleteParams::default()).await?;
+        }
+        for node in self.nodes.iter().take(n) {
+            until(
+                &format!("{many} bridges gone from {}", node.name),
+                Self::timeout(n),
+                || count_links(&node.netns, &["bm", "vxlan5"]).0 == 0,
+            )
+            .await?;
+        }
+        self.results.add(
+            build,
+            n,
+            &figure("deleted → links gone from every node"),
+            "ms",
+            ms(t.elapsed()),
+        );
+        until("Networks deleted", Self::timeout(n), || {
+            names
+                .iter()
+                .all(|name| self.net_store.get(&ObjectRef::new(name)).is_none())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// 100 bridge + 100 VXLAN Links on the Links node: created, up, deleted, gone.
+    async fn bulk_links(&mut self, build: &str) -> anyhow::Result<()> {
+        println!("  {PAIRS} + {PAIRS} Links on one node");
+        let links: Api<Link> = Api::all(self.cluster.client());
+        let selector = json!({"matchLabels": {"kubernetes.io/hostname": "bulk"}});
+        let mut objects = vec![json!({
+            "apiVersion": "nno.dev/v1alpha1", "kind": "Link",
+            "metadata": {"name": "bulk-eth0", "labels": {LABEL: "bulk"}},
+            "spec": {"interfaceName": "eth0", "nodeSelector": selector, "unmanaged": {}}
+        })];
+        for i in 0..PAIRS {
+            objects.push(json!({
+                "apiVersion": "nno.dev/v1alpha1", "kind": "Link",
+                "metadata": {"name": format!("bulk-br-{i}"), "labels": {LABEL: "bulk"}},
+                "spec": {"interfaceName": format!("lbr{i}"), "nodeSelector": selector, "bridge": {"mtu": 1450}}
+            }));
+            objects.push(json!({
+                "apiVersion": "nno.dev/v1alpha1", "kind": "Link",
+                "metadata": {"name": format!("bulk-vx-{i}"), "labels": {LABEL: "bulk"}},
+                "spec": {"interfaceName": format!("lvx{i}"), "nodeSelector": selector, "vxlan": {
+                    "vnid": 1000 + i, "remoteIPAddress": "239.1.1.1", "mtu": 1450,
+                    "device": {"name": "bulk-eth0"}, "master": {"name": format!("bulk-br-{i}")}
+                }}
+            }));
+        }
+        let api0 = self.api_snapshot().await?;
+        let t = Instant::now();
+        for o in &objects {
+            let link: Link = serde_json::from_value(o.clone()).context("a benchmark Link")?;
+            links
+                .create(&PostParams::default(), &link)
+                .await
+                .context("creating a Link")?;
+        }
+        let created = t.elapsed();
+        self.results.add(
+            build,
+            0,
+            "201 Links created (one POST each, sequential)",
+            "ms",
+            ms(created),
+        );
+        let netns = self.bulk.netns.clone();
+        until("200 links up", Duration::from_secs(120), || {
+            count_links(&netns, &["lbr", "lvx"]) == (2 * PAIRS, 2 * PAIRS)
+        })
+        .await?;
+        self.results.add(
+            build,
+            0,
+            "200 Links: first create → all up on the node",
+            "ms",
+            ms(t.elapsed()),
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let delta = bench::request_delta(&api0, &self.api_snapshot().await?);
+        let status: f64 = delta
+            .iter()
+            .filter(|((verb, target), _)| {
+                !matches!(verb.as_str(), "GET" | "LIST" | "WATCH") && target == "links/status.nno.dev"
+            })
+            .map(|(_, v)| v)
+            .sum();
+        self.results.add(
+            build,
+            0,
+            "Link status writes per new Link",
+            "writes",
+            status / objects.len() as f64,
+        );
+
+        let t = Instant::now();
+        links
+            .delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().labels(&format!("{LABEL}=bulk")),
+            )
+            .await
+            .context("deleting the Links")?;
+        until("200 links gone", Duration::from_secs(120), || {
+            count_links(&netns, &["lbr", "lvx"]).0 == 0
+        })
+        .await?;
+        self.results.add(
+            build,
+            0,
+            "200 Links deleted → gone from the node",
+            "ms",
+            ms(t.elapsed()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !links
+            .list(&ListParams::default().labels(&format!("{LABEL}=bulk")))
+            .await?
+            .items
+            .is_empty()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "Link objects not gone in 120 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.results.add(
+            build,
+            0,
+            "200 Links deleted → objects gone",
+            "ms",
+            ms(t.elapsed()),
+        );
+        Ok(())
+    }
+}
