@@ -72,6 +72,40 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The process whose command line has `program` as its first word's file name and
+/// `arg` as one of its words (e.g. this cluster's kube-apiserver by its address).
+pub fn find_process(program: &str, arg: &str) -> Option<u32> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let words: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+            let first = words
+                .first()
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .unwrap_or_default();
+            first.rsplit('/').next() == Some(program) && words.contains(&arg.as_bytes())
+        })
+}
+
+/// (busy, total) clock ticks of all CPUs from the first line of `/proc/stat`
+/// (busy: all but idle and iowait).
+pub fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// [`parse_machine_ticks`] of this machine now.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
 pub fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -218,6 +252,8 @@ mod tests {
         let stat = "4242 (a b) c) S 1 4242 4242 0 -1 4194560 1000 0 0 0 37 12 0 0 20 0 3 0 100 1 1";
         assert_eq!(parse_cpu_ticks(stat), Some(49));
         assert_eq!(parse_cpu_ticks("garbage"), None);
+        let stat = "cpu  100 5 50 800 45 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(parse_machine_ticks(stat), Some((155, 1000)));
     }
 
     #[test]

@@ -111,6 +111,12 @@ struct Bench {
     bulk: SimNode,
     bulk_kubeconfig: PathBuf,
     controller: Option<Process>,
+    /// The running controller's binary and identity, to start it again when it exits
+    /// (as its Deployment would).
+    controller_build: Option<(PathBuf, String)>,
+    /// Controller exits seen while converging (it steps down when it cannot renew
+    /// its Lease in time), with the saved logs.
+    controller_exits: Vec<String>,
     networks: Api<Network>,
     net_store: Store<Network>,
     nad_store: Store<NetworkAttachmentDefinition>,
@@ -193,12 +199,30 @@ async fn main() -> anyhow::Result<()> {
         bulk,
         bulk_kubeconfig,
         controller: None,
+        controller_build: None,
+        controller_exits: Vec::new(),
         net_store,
         nad_store,
         next_joiner: FIRST_JOINER,
         results,
         runs: args.runs,
     };
+
+    // What the control plane writes by itself (kube-apiserver renews its identity
+    // Lease every 10 s): the operator's share of a steady state is the difference.
+    println!("control plane alone ({:?})", args.steady);
+    let api0 = b.api_snapshot().await?;
+    let t = Instant::now();
+    tokio::time::sleep(args.steady).await;
+    let delta = bench::request_delta(&api0, &b.api_snapshot().await?);
+    let per_min = 60.0 / t.elapsed().as_secs_f64();
+    b.results.add(
+        "control plane",
+        0,
+        "API writes per minute, nothing but the control plane",
+        "writes/min",
+        bench::writes(&delta) * per_min,
+    );
 
     'counts: for (round, &n) in args.nodes.iter().enumerate() {
         b.results.load(&format!("{n} nodes: creating nodes"));
@@ -333,14 +357,8 @@ impl Bench {
     }
 
     async fn start_components(&mut self, build: &Build, n: usize) -> anyhow::Result<()> {
-        let kubeconfig = operator::component_kubeconfig(&self.cluster, "controller").await?;
-        self.controller = Some(operator::start_controller_binary(
-            &self.cluster,
-            &build.binary,
-            &kubeconfig,
-            &format!("bench-{}", build.name),
-            &[],
-        )?);
+        self.controller_build = Some((build.binary.clone(), format!("bench-{}", build.name)));
+        self.start_controller().await?;
         for (node, kubeconfig) in self.nodes.iter_mut().zip(&self.kubeconfigs).take(n) {
             node.start_agent_binary(kubeconfig, &build.binary)?;
         }
@@ -356,6 +374,36 @@ impl Bench {
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
         Ok(())
+    }
+
+    async fn start_controller(&mut self) -> anyhow::Result<()> {
+        let (binary, identity) = self.controller_build.clone().context("no build")?;
+        let kubeconfig = operator::component_kubeconfig(&self.cluster, "controller").await?;
+        self.controller = Some(operator::start_controller_binary(
+            &self.cluster,
+            &binary,
+            &kubeconfig,
+            &identity,
+            &[],
+        )?);
+        Ok(())
+    }
+
+    /// Starts the controller again if it exited; whether it did.
+    async fn revive_controller(&mut self) -> anyhow::Result<bool> {
+        let Some(c) = self.controller.as_mut() else {
+            return Ok(false);
+        };
+        if c.exited().is_none() {
+            return Ok(false);
+        }
+        let pid = c.pid();
+        let why = self.post_mortem(pid);
+        self.results
+            .note(format!("controller exited and was started again: {why}"));
+        self.controller_exits.push(why);
+        self.start_controller().await?;
+        Ok(true)
     }
 
     async fn stop_components(&mut self) {
@@ -422,6 +470,37 @@ impl Bench {
             .map(|node| node.agent_pid().context("agent not running"))
             .collect::<anyhow::Result<_>>()?;
         Ok((controller, agents))
+    }
+
+    /// Which of our processes `pid` is, whether it exited, and its log's tail (also
+    /// saved to /tmp, as the cluster's directory goes with it).
+    fn post_mortem(&mut self, pid: u32) -> String {
+        let (who, log) = if let Some(c) = self.controller.as_mut().filter(|c| c.pid() == pid) {
+            let status = c
+                .exited()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "running".into());
+            (format!("the controller ({status})"), c.log_tail(400))
+        } else if let Some(node) = self.nodes.iter().find(|n| n.agent_pid() == Some(pid)) {
+            (format!("the agent on {}", node.name), node.agent_log())
+        } else {
+            return format!("pid {pid}");
+        };
+        let saved = format!("/tmp/nno-bench-{}-{pid}.log", std::process::id());
+        let _ = std::fs::write(&saved, &log);
+        let tail: Vec<&str> = log.lines().rev().take(8).collect();
+        format!(
+            "{who}, log in {saved}, ending: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )
+    }
+
+    /// [`proc_sample`], naming the process and why when it is gone.
+    fn sample(&mut self, pid: u32) -> anyhow::Result<ProcSample> {
+        match proc_sample(pid) {
+            Ok(s) => Ok(s),
+            Err(e) => Err(e.context(format!("process gone: {}", self.post_mortem(pid)))),
+        }
     }
 
     async fn round(
@@ -625,7 +704,7 @@ impl Bench {
         until("idle Ready", Self::timeout(n), || self.converged("idle", n, None)).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (controller, agents) = self.pids(n)?;
-        let c0 = proc_sample(controller)?;
+        let c0 = self.sample(controller)?;
         let a0: Vec<ProcSample> = agents
             .iter()
             .map(|p| proc_sample(*p))
@@ -635,7 +714,7 @@ impl Bench {
         tokio::time::sleep(window).await;
         let api1 = self.api_snapshot().await?;
         let secs = t.elapsed().as_secs_f64();
-        let c1 = proc_sample(controller)?;
+        let c1 = self.sample(controller)?;
         let pct = |a: &ProcSample, b: &ProcSample| {
             (b.cpu_ticks - a.cpu_ticks) as f64 / clock_ticks() / secs * 100.0
         };
@@ -644,7 +723,7 @@ impl Bench {
         self.results
             .add(build, n, "controller CPU idle", "% of a core", pct(&c0, &c1));
         for (pid, a0) in agents.iter().zip(&a0) {
-            let a1 = proc_sample(*pid)?;
+            let a1 = self.sample(*pid)?;
             self.results
                 .add(build, n, "agent RSS idle (each agent)", "MiB", mib(a1.rss_kib));
             self.results.add(
@@ -702,14 +781,20 @@ impl Bench {
             return Ok(());
         }
         println!("  {many} Networks at once");
-        let (controller, agents) = self.pids(n)?;
-        let c0 = proc_sample(controller)?;
+        let (mut controller, agents) = self.pids(n)?;
+        let mut c0 = self.sample(controller)?;
         let a0: Vec<ProcSample> = agents
             .iter()
             .map(|p| proc_sample(*p))
             .collect::<anyhow::Result<_>>()?;
         let mut peak_c = c0.rss_kib;
         let mut peak_a: Vec<u64> = a0.iter().map(|s| s.rss_kib).collect();
+        let ip = self.cluster.underlay.host_addr();
+        let apiserver = bench::find_process("kube-apiserver", &format!("--bind-address={ip}"));
+        let etcd = bench::find_process("etcd", &format!("--listen-client-urls=http://{ip}:2379"));
+        let cpu = |pid: Option<u32>| pid.and_then(|p| proc_sample(p).ok()).map(|s| s.cpu_ticks);
+        let (apiserver0, etcd0) = (cpu(apiserver), cpu(etcd));
+        let machine0 = bench::machine_ticks();
         let api0 = self.api_snapshot().await?;
         let names: Vec<String> = (0..many).map(|i| format!("many-{i}")).collect();
         let t = Instant::now();
@@ -724,15 +809,22 @@ impl Bench {
         }
         let deadline = Instant::now() + Self::timeout(n) * 2;
         let mut last_sample = Instant::now();
+        let mut restarts = 0;
         while !names.iter().all(|name| self.converged(name, n, None)) {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "{many} Networks not Ready on {n} nodes in time"
             );
+            if self.revive_controller().await? {
+                restarts += 1;
+                // Its CPU so far is lost with it; the figure counts the new one's.
+                controller = self.controller.as_ref().context("no controller")?.pid();
+                c0 = ProcSample { cpu_ticks: 0, ..c0 };
+            }
             if last_sample.elapsed() > Duration::from_millis(100) {
-                peak_c = peak_c.max(proc_sample(controller)?.rss_kib);
+                peak_c = peak_c.max(self.sample(controller)?.rss_kib);
                 for (peak, pid) in peak_a.iter_mut().zip(&agents) {
-                    *peak = (*peak).max(proc_sample(*pid)?.rss_kib);
+                    *peak = (*peak).max(self.sample(*pid)?.rss_kib);
                 }
                 last_sample = Instant::now();
             }
@@ -743,12 +835,40 @@ impl Bench {
         self.results.add(
             build,
             n,
+            &figure("converging: controller exits (Lease not renewed)"),
+            "exits",
+            restarts as f64,
+        );
+        self.results.add(
+            build,
+            n,
             &figure("applied → all Ready, NADs written"),
             "ms",
             ms(elapsed),
         );
-        let c1 = proc_sample(controller)?;
+        let c1 = self.sample(controller)?;
         let tck = clock_ticks();
+        if let (Some((b0, t0)), Some((b1, t1))) = (machine0, bench::machine_ticks()) {
+            let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 100.0;
+            self.results.add(
+                build,
+                n,
+                &figure("converging: machine CPU busy (all processes)"),
+                "%",
+                busy,
+            );
+        }
+        for (what, pid, before) in [("kube-apiserver", apiserver, apiserver0), ("etcd", etcd, etcd0)] {
+            if let (Some(b), Some(a)) = (before, cpu(pid)) {
+                self.results.add(
+                    build,
+                    n,
+                    &figure(&format!("converging: {what} CPU")),
+                    "s",
+                    (a - b) as f64 / tck,
+                );
+            }
+        }
         self.results.add(
             build,
             n,
@@ -764,7 +884,7 @@ impl Bench {
             mib(peak_c.max(c1.rss_kib)),
         );
         for ((pid, a0), peak) in agents.iter().zip(&a0).zip(&peak_a) {
-            let a1 = proc_sample(*pid)?;
+            let a1 = self.sample(*pid)?;
             self.results.add(
                 build,
                 n,
