@@ -19,13 +19,13 @@
 //! build: 100 bridge + 100 VXLAN Links on one node created and deleted; once: the
 //! kernel's own deletion of the same links in a scratch namespace.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use nno::api::{Link, Network};
@@ -53,6 +53,8 @@ struct Args {
     steady: Duration,
     networks: usize,
     compare: Option<PathBuf>,
+    /// The Go operator's manager binary and CRD directory.
+    go: Option<(PathBuf, PathBuf)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -63,6 +65,7 @@ fn parse_args() -> anyhow::Result<Args> {
         steady: Duration::from_secs(60),
         networks: 50,
         compare: None,
+        go: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -83,6 +86,16 @@ fn parse_args() -> anyhow::Result<Args> {
             "--steady-secs" => a.steady = Duration::from_secs(value()?.parse().context("--steady-secs")?),
             "--networks" => a.networks = value()?.parse().context("--networks takes a number")?,
             "--compare" => a.compare = Some(value()?.into()),
+            "--go-operator" => {
+                let binary: PathBuf = value()?.into();
+                let crds: PathBuf = it
+                    .next()
+                    .context(
+                        "--go-operator BINARY CRD_DIR: the Go operator's manager and its config/crd/bases",
+                    )?
+                    .into();
+                a.go = Some((binary, crds));
+            }
             other => anyhow::bail!("unknown argument {other}; see the header of e2e/src/bin/nno-bench.rs"),
         }
     }
@@ -250,15 +263,30 @@ async fn main() -> anyhow::Result<()> {
             let outcome = b.round(build, n, round == 0, args.steady, args.networks).await;
             b.stop_components().await;
             if let Err(e) = outcome {
-                b.results
-                    .note(format!("{n} nodes, build {}: stopped: {e:#}", build.name));
+                let saved = b.save_logs();
+                b.results.note(format!(
+                    "{n} nodes, build {}: stopped: {e:#} (every component's log: {saved})",
+                    build.name
+                ));
                 break 'counts;
             }
             println!("{}", b.results.table(&names(&builds)));
         }
     }
 
-    let table = b.results.table(&names(&builds));
+    if let Some((binary, crds)) = &args.go {
+        b.stop_components().await;
+        if let Err(e) = b.go_operator(binary, crds, args.runs, args.steady).await {
+            let saved = b.save_logs();
+            b.results
+                .note(format!("Go operator: stopped: {e:#} (logs: {saved})"));
+        }
+    }
+    let mut names = names(&builds);
+    if args.go.is_some() {
+        names.push("go".into());
+    }
+    let table = b.results.table(&names);
     println!("\n{table}");
     if let Some(path) = &args.json {
         let builds: Vec<(String, String)> = builds
@@ -495,6 +523,22 @@ impl Bench {
         )
     }
 
+    /// Copies every log of the cluster's directory (control plane, controller,
+    /// agents, also of nodes gone) to a directory under /tmp that outlives it.
+    fn save_logs(&self) -> String {
+        let dir = PathBuf::from(format!("/tmp/nno-bench-logs-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        if let Ok(entries) = std::fs::read_dir(self.cluster.dir()) {
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.extension().is_some_and(|x| x == "log") {
+                    let _ = std::fs::copy(&path, dir.join(e.file_name()));
+                }
+            }
+        }
+        dir.display().to_string()
+    }
+
     /// [`proc_sample`], naming the process and why when it is gone.
     fn sample(&mut self, pid: u32) -> anyhow::Result<ProcSample> {
         match proc_sample(pid) {
@@ -518,8 +562,14 @@ impl Bench {
         self.steady_state(&build.name, n, steady).await?;
         self.many_networks(&build.name, n, many).await?;
         if first {
-            for _ in 0..self.runs {
-                self.bulk_links(&build.name).await?;
+            let ours = Flavour::ours();
+            let (controller, _) = self.pids(0)?;
+            let agent = self.bulk.agent_pid().context("no agent on the Links node")?;
+            for pairs in [20, PAIRS] {
+                for run in 0..self.runs {
+                    let idle = (pairs == 20 && run == 0).then_some((controller, agent, steady));
+                    self.links_work(&build.name, &ours, pairs, idle).await?;
+                }
             }
         }
         Ok(())
@@ -939,113 +989,287 @@ impl Bench {
         Ok(())
     }
 
-    /// 100 bridge + 100 VXLAN Links on the Links node: created, up, deleted, gone.
-    async fn bulk_links(&mut self, build: &str) -> anyhow::Result<()> {
-        println!("  {PAIRS} + {PAIRS} Links on one node");
-        let links: Api<Link> = Api::all(self.cluster.client());
+    /// `pairs` bridge + `pairs` VXLAN Links of `flavour` (and an unmanaged `eth0`
+    /// Link) on the Links node: created one POST at a time, all up, deleted with one
+    /// DELETE of the collection, gone. With `idle`, the footprint of the given
+    /// controller and agent over that window while the Links are up. A part that
+    /// does not finish within `limit` is a note, and the next part goes on.
+    async fn links_work(
+        &mut self,
+        build: &str,
+        flavour: &Flavour,
+        pairs: usize,
+        idle: Option<(u32, u32, Duration)>,
+    ) -> anyhow::Result<()> {
+        println!("  {pairs} + {pairs} Links on one node ({})", flavour.api_version);
+        let limit = Duration::from_secs(90);
+        let links: Api<DynamicObject> = Api::all_with(self.cluster.client(), &flavour.resource);
         let selector = json!({"matchLabels": {"kubernetes.io/hostname": "bulk"}});
-        let mut objects = vec![json!({
-            "apiVersion": "nno.dev/v1alpha1", "kind": "Link",
-            "metadata": {"name": "bulk-eth0", "labels": {LABEL: "bulk"}},
-            "spec": {"interfaceName": "eth0", "nodeSelector": selector, "unmanaged": {}}
-        })];
-        for i in 0..PAIRS {
-            objects.push(json!({
-                "apiVersion": "nno.dev/v1alpha1", "kind": "Link",
-                "metadata": {"name": format!("bulk-br-{i}"), "labels": {LABEL: "bulk"}},
-                "spec": {"interfaceName": format!("lbr{i}"), "nodeSelector": selector, "bridge": {"mtu": 1450}}
-            }));
-            objects.push(json!({
-                "apiVersion": "nno.dev/v1alpha1", "kind": "Link",
-                "metadata": {"name": format!("bulk-vx-{i}"), "labels": {LABEL: "bulk"}},
-                "spec": {"interfaceName": format!("lvx{i}"), "nodeSelector": selector, "vxlan": {
-                    "vnid": 1000 + i, "remoteIPAddress": "239.1.1.1", "mtu": 1450,
+        let labels = json!({LABEL: "bulk"});
+        let link = |name: String, spec: serde_json::Value| {
+            json!({
+                "apiVersion": flavour.api_version, "kind": "Link",
+                "metadata": {"name": name, "labels": labels},
+                "spec": spec,
+            })
+        };
+        let mut objects = vec![link(
+            "bulk-eth0".into(),
+            json!({"interfaceName": "eth0", "nodeSelector": selector, "unmanaged": {}}),
+        )];
+        for i in 0..pairs {
+            objects.push(link(
+                format!("bulk-br-{i}"),
+                json!({"interfaceName": format!("lbr{i}"), "nodeSelector": selector, "bridge": {"mtu": 1450}}),
+            ));
+            objects.push(link(
+                format!("bulk-vx-{i}"),
+                json!({"interfaceName": format!("lvx{i}"), "nodeSelector": selector, "vxlan": {
+                    "vnid": 1000 + i, "remoteIPAddress": "239.1.1.1", "port": 4789, "mtu": 1450,
                     "device": {"name": "bulk-eth0"}, "master": {"name": format!("bulk-br-{i}")}
-                }}
-            }));
+                }}),
+            ));
         }
+        let what = |w: &str| format!("{pairs}+{pairs} Links: {w}");
         let api0 = self.api_snapshot().await?;
         let t = Instant::now();
         for o in &objects {
-            let link: Link = serde_json::from_value(o.clone()).context("a benchmark Link")?;
+            let obj: DynamicObject = serde_json::from_value(o.clone()).context("a benchmark Link")?;
             links
-                .create(&PostParams::default(), &link)
+                .create(&PostParams::default(), &obj)
                 .await
                 .context("creating a Link")?;
         }
-        let created = t.elapsed();
-        self.results.add(
-            build,
-            0,
-            "201 Links created (one POST each, sequential)",
-            "ms",
-            ms(created),
-        );
+        self.results
+            .add(build, 0, &what("created, one POST each"), "ms", ms(t.elapsed()));
         let netns = self.bulk.netns.clone();
-        until("200 links up", Duration::from_secs(120), || {
-            count_links(&netns, &["lbr", "lvx"]) == (2 * PAIRS, 2 * PAIRS)
+        let all = 2 * pairs;
+        match until("links up", limit, || {
+            count_links(&netns, &["lbr", "lvx"]) == (all, all)
         })
-        .await?;
-        self.results.add(
-            build,
-            0,
-            "200 Links: first create → all up on the node",
-            "ms",
-            ms(t.elapsed()),
-        );
+        .await
+        {
+            Ok(()) => self.results.add(
+                build,
+                0,
+                &what("first create → all up on the node"),
+                "ms",
+                ms(t.elapsed()),
+            ),
+            Err(_) => {
+                let (exist, up) = count_links(&netns, &["lbr", "lvx"]);
+                self.results.note(format!(
+                    "{build}: {pairs}+{pairs} Links not all up within {limit:?}: {exist} of {all} exist, {up} up"
+                ));
+            }
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let delta = bench::request_delta(&api0, &self.api_snapshot().await?);
         let status: f64 = delta
             .iter()
             .filter(|((verb, target), _)| {
-                !matches!(verb.as_str(), "GET" | "LIST" | "WATCH") && target == "links/status.nno.dev"
+                !matches!(verb.as_str(), "GET" | "LIST" | "WATCH") && *target == flavour.status_target
             })
             .map(|(_, v)| v)
             .sum();
+        let count = objects.len() as f64;
         self.results.add(
             build,
             0,
-            "Link status writes per new Link",
+            &what("Link status writes per Link"),
             "writes",
-            status / objects.len() as f64,
+            status / count,
+        );
+        let others = bench::writes(&delta) - count; // less the benchmark's POSTs
+        self.results.add(
+            build,
+            0,
+            &what("all API writes per Link"),
+            "writes",
+            others / count,
         );
 
+        if let Some((controller, agent, window)) = idle {
+            let (c0, a0) = (self.sample(controller)?, self.sample(agent)?);
+            let api0 = self.api_snapshot().await?;
+            let t = Instant::now();
+            tokio::time::sleep(window).await;
+            let delta = bench::request_delta(&api0, &self.api_snapshot().await?);
+            let secs = t.elapsed().as_secs_f64();
+            let (c1, a1) = (self.sample(controller)?, self.sample(agent)?);
+            let pct = |a: &ProcSample, b: &ProcSample| {
+                (b.cpu_ticks - a.cpu_ticks) as f64 / clock_ticks() / secs * 100.0
+            };
+            self.results
+                .add(build, 0, &what("idle: agent RSS"), "MiB", mib(a1.rss_kib));
+            self.results
+                .add(build, 0, &what("idle: agent CPU"), "% of a core", pct(&a0, &a1));
+            self.results
+                .add(build, 0, &what("idle: controller RSS"), "MiB", mib(c1.rss_kib));
+            self.results.add(
+                build,
+                0,
+                &what("idle: controller CPU"),
+                "% of a core",
+                pct(&c0, &c1),
+            );
+            self.results.add(
+                build,
+                0,
+                &what("idle: API writes per minute (control plane's own included)"),
+                "writes/min",
+                bench::writes(&delta) * 60.0 / secs,
+            );
+        }
+
         let t = Instant::now();
+        let list = ListParams::default().labels(&format!("{LABEL}=bulk"));
         links
-            .delete_collection(
-                &DeleteParams::default(),
-                &ListParams::default().labels(&format!("{LABEL}=bulk")),
-            )
+            .delete_collection(&DeleteParams::default(), &list)
             .await
             .context("deleting the Links")?;
-        until("200 links gone", Duration::from_secs(120), || {
+        match until("links gone", limit, || {
             count_links(&netns, &["lbr", "lvx"]).0 == 0
         })
-        .await?;
-        self.results.add(
-            build,
-            0,
-            "200 Links deleted → gone from the node",
-            "ms",
-            ms(t.elapsed()),
-        );
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !links
-            .list(&ListParams::default().labels(&format!("{LABEL}=bulk")))
-            .await?
-            .items
-            .is_empty()
+        .await
         {
-            anyhow::ensure!(Instant::now() < deadline, "Link objects not gone in 120 s");
+            Ok(()) => self.results.add(
+                build,
+                0,
+                &what("deleted → gone from the node"),
+                "ms",
+                ms(t.elapsed()),
+            ),
+            Err(_) => {
+                let left = count_links(&netns, &["lbr", "lvx"]).0;
+                self.results.note(format!(
+                    "{build}: {pairs}+{pairs} Links deleted: {left} of {all} interfaces still on the node after {limit:?}"
+                ));
+            }
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = links.list(&list).await?.items;
+            if left.is_empty() {
+                self.results
+                    .add(build, 0, &what("deleted → objects gone"), "ms", ms(t.elapsed()));
+                break;
+            }
+            if Instant::now() > deadline {
+                self.results.note(format!(
+                    "{build}: {pairs}+{pairs} Links deleted: {} of {} objects still there after {limit:?} (finalizers removed by the benchmark to go on)",
+                    left.len(),
+                    objects.len()
+                ));
+                for obj in left {
+                    let name = obj.metadata.name.unwrap_or_default();
+                    let _ = links
+                        .patch(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+                        )
+                        .await;
+                }
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.results.add(
-            build,
-            0,
-            "200 Links deleted → objects gone",
-            "ms",
-            ms(t.elapsed()),
-        );
+        // Whatever is left goes, so that the next part starts from nothing.
+        for prefix in ["lvx", "lbr"] {
+            for i in 0..pairs {
+                let _ = self.bulk.ip(&["link", "del", "dev", &format!("{prefix}{i}")]);
+            }
+        }
         Ok(())
+    }
+
+    /// The Go node-network-operator (built by the user from its source) on the
+    /// Links node: its CRDs, its controller and its node agent (admin credentials),
+    /// the same Links work as ours.
+    async fn go_operator(
+        &mut self,
+        binary: &Path,
+        crds: &Path,
+        runs: usize,
+        window: Duration,
+    ) -> anyhow::Result<()> {
+        println!("== the Go node-network-operator ({})", binary.display());
+        self.results.load("Go operator");
+        self.cluster
+            .kubectl_ok(&["apply", "--server-side", "-f", &crds.display().to_string()])
+            .context("installing the Go operator's CRDs")?;
+        self.cluster.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/links.nodenetworkoperator.soliddowant.dev",
+            "crd/nodelinks.nodenetworkoperator.soliddowant.dev",
+            "--timeout=60s",
+        ])?;
+        let kubeconfig = self.cluster.kubeconfig().display().to_string();
+        let common = [
+            "--kubeconfig",
+            kubeconfig.as_str(),
+            "--metrics-bind-address=0",
+            "--health-probe-bind-address=0",
+            "--leader-elect=false",
+        ];
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args(common)
+            .arg("--enable-node-specific-controllers=false")
+            .env("ENABLE_WEBHOOKS", "false");
+        let controller = Process::spawn("go-controller", cmd, self.cluster.dir())?;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.bulk.netns])
+            .arg(binary)
+            .args(common)
+            .args(["--node-name", "bulk", "--enable-cluster-wide-controllers=false"])
+            .env("ENABLE_WEBHOOKS", "false");
+        let agent = Process::spawn("go-agent", cmd, self.cluster.dir())?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let resource = ApiResource {
+            group: "nodenetworkoperator.soliddowant.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "nodenetworkoperator.soliddowant.dev/v1alpha1".into(),
+            kind: "Link".into(),
+            plural: "links".into(),
+        };
+        let go = Flavour {
+            api_version: "nodenetworkoperator.soliddowant.dev/v1alpha1",
+            resource,
+            status_target: "links/status.nodenetworkoperator.soliddowant.dev",
+        };
+        let mut outcome = Ok(());
+        'parts: for pairs in [20, PAIRS] {
+            for run in 0..runs {
+                let idle = (pairs == 20 && run == 0).then(|| (controller.pid(), agent.pid(), window));
+                outcome = self.links_work("go", &go, pairs, idle).await;
+                if outcome.is_err() {
+                    break 'parts;
+                }
+            }
+        }
+        let tail = |p: &Process| p.log_tail(5).replace('\n', " | ");
+        self.results
+            .note(format!("Go controller log ends: {}", tail(&controller)));
+        self.results.note(format!("Go agent log ends: {}", tail(&agent)));
+        outcome
+    }
+}
+
+/// Whose Links: ours (`nno.dev`) or the Go operator's.
+struct Flavour {
+    api_version: &'static str,
+    resource: ApiResource,
+    status_target: &'static str,
+}
+
+impl Flavour {
+    fn ours() -> Self {
+        Self {
+            api_version: "nno.dev/v1alpha1",
+            resource: ApiResource::erase::<Link>(&()),
+            status_target: "links/status.nno.dev",
+        }
     }
 }
