@@ -4,7 +4,7 @@
 //! repeated runs) and optionally writes JSON with the machine and its load.
 //!
 //!   nno-bench [--nodes 3,10,30] [--runs 3] [--json out.json] [--steady-secs 60]
-//!             [--networks 50] [--compare DIR]
+//!             [--networks 50] [--compare DIR] [--go-operator BINARY CRD_DIR]
 //!
 //! Run as root, from a release build: `cargo build --release --workspace --bins`,
 //! then `target/release/nno-bench` (or `cargo run --release -p nno-e2e --bin
@@ -16,8 +16,10 @@
 //! nodePeers) applied, its MTU changed, a node joining and leaving, and the Network
 //! deleted; then the footprint and API requests of a steady state (one Network,
 //! `--steady-secs`), and `--networks` Networks applied at once and deleted. Once per
-//! build: 100 bridge + 100 VXLAN Links on one node created and deleted; once: the
-//! kernel's own deletion of the same links in a scratch namespace.
+//! build: 20 + 20 and 100 + 100 bridge and VXLAN Links on one node created and
+//! deleted; once: the kernel's own deletion of 100 + 100 links in a scratch
+//! namespace. `--go-operator` runs the same Links work with the Go
+//! node-network-operator's manager (built by the user from its source) and CRDs.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
