@@ -5,6 +5,7 @@
 //! Everything a test starts is torn down when its handle drops, also when the test
 //! panics. The tools come from `hack/tools.sh` (see [`tools`]).
 
+pub mod bench;
 pub mod cluster;
 pub mod fake;
 pub mod image;

@@ -266,11 +266,17 @@ impl SimNode {
 
     /// Starts the real agent inside the node with `kubeconfig`.
     pub fn start_agent_with(&mut self, kubeconfig: &Path) -> anyhow::Result<()> {
+        self.start_agent_binary(kubeconfig, &bin("node-network-operator"))
+    }
+
+    /// Starts the agent of another build (`binary`, a `node-network-operator`)
+    /// inside the node with `kubeconfig`, e.g. to benchmark two builds side by side.
+    pub fn start_agent_binary(&mut self, kubeconfig: &Path, binary: &Path) -> anyhow::Result<()> {
         assert!(self.agent.is_none(), "agent already running on {}", self.name);
         self.starts += 1;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.netns])
-            .arg(bin("node-network-operator"))
+            .arg(binary)
             .arg("agent")
             .arg("--kubeconfig")
             .arg(kubeconfig)
@@ -292,7 +298,7 @@ impl SimNode {
         }
     }
 
-    /// The running agent's process ID.
+    /// The running agent's process ID (`ip netns exec` execs the agent in place).
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(Process::pid)
     }

@@ -141,7 +141,25 @@ pub fn start_controller(
     identity: &str,
     extra: &[&str],
 ) -> anyhow::Result<Process> {
-    let mut cmd = Command::new(bin("node-network-operator"));
+    start_controller_binary(
+        cluster,
+        &bin("node-network-operator"),
+        kubeconfig,
+        identity,
+        extra,
+    )
+}
+
+/// Like [`start_controller`], with the `node-network-operator` binary of another
+/// build, e.g. to benchmark two builds side by side.
+pub fn start_controller_binary(
+    cluster: &Cluster,
+    binary: &Path,
+    kubeconfig: &Path,
+    identity: &str,
+    extra: &[&str],
+) -> anyhow::Result<Process> {
+    let mut cmd = Command::new(binary);
     cmd.arg("controller")
         .arg("--kubeconfig")
         .arg(kubeconfig)
