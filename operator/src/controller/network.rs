@@ -67,29 +67,40 @@ async fn ensure_finalizer(network: &Network, ctx: &Context) -> Result<()> {
     if network.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(());
     }
-    set_finalizer(network, ctx, true).await
-}
-
-async fn set_finalizer(network: &Network, ctx: &Context, present: bool) -> Result<()> {
     let name = network.name_any();
-    let finalizers: Vec<&str> = if present { vec![FINALIZER] } else { vec![] };
     let body = json!({
         "apiVersion": Network::api_version(&()),
         "kind": Network::kind(&()),
-        "metadata": {"name": name, "finalizers": finalizers},
+        "metadata": {"name": name, "finalizers": [FINALIZER]},
     });
     let api: Api<Network> = Api::all(ctx.client.clone());
     api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
         .await
-        .map_err(kube_err(
-            if present {
-                "adding the finalizer to"
-            } else {
-                "removing the finalizer from"
-            },
-            format!("Network/{name}"),
-        ))?;
+        .map_err(kube_err("adding the finalizer to", format!("Network/{name}")))?;
     Ok(())
+}
+
+/// Removes the finalizer from the Network as this reconcile saw it: a merge patch
+/// of the other finalizers at its resourceVersion. A patch never creates: the
+/// object already gone (a reconcile from a cache that had not seen the deletion
+/// yet) is a 404, which means done; a newer version is a 409, retried. (A
+/// server-side apply would try to create the deleted object again.)
+async fn remove_finalizer(network: &Network, ctx: &Context) -> Result<()> {
+    let name = network.name_any();
+    let others: Vec<&String> = network.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let body = json!({
+        "metadata": {"finalizers": others, "resourceVersion": network.resource_version()},
+    });
+    let api: Api<Network> = Api::all(ctx.client.clone());
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        other => other
+            .map(|_| ())
+            .map_err(kube_err("removing the finalizer from", format!("Network/{name}"))),
+    }
 }
 
 async fn apply(network: &Network, ctx: &Context) -> Result<Action> {
@@ -464,7 +475,7 @@ async fn cleanup(network: &Network, ctx: &Context) -> Result<Action> {
         ctx.event(network, EventType::Warning, "CleanupIncomplete", note)
             .await;
     }
-    set_finalizer(network, ctx, false).await?;
+    remove_finalizer(network, ctx).await?;
     info!("links removed from every node; NetworkAttachmentDefinitions are left to garbage collection");
     ctx.changed.send_replace(());
     Ok(Action::await_change())
