@@ -1,4 +1,4 @@
-//! Pieces of `nno-bench` (the cluster-scale benchmark, `src/bin/nno-bench.rs`) that
+//! Pieces of `nno-bench` (the cluster-scale benchmark, `src/bin/nno-bench/`) that
 //! need no cluster: statistics over repeated runs, a process's memory and CPU from
 //! `/proc`, the API server's request counters from its `/metrics` text, and the
 //! kernel's own speed at deleting links ([`kernel`]).
