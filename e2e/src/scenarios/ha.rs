@@ -278,19 +278,7 @@ async fn isolated(tb: &dyn Testbed) -> anyhow::Result<()> {
     // The node back, with its kubelet and agent, for what comes next.
     let node = format!("node/{}", active.1);
     kubectl(tb, &["wait", "--for=condition=Ready", &node, "--timeout=120s"])?;
-    kubectl(
-        tb,
-        &[
-            "rollout",
-            "status",
-            "-n",
-            NAMESPACE,
-            "daemonset",
-            "-l",
-            "app.kubernetes.io/component=agent",
-            "--timeout=120s",
-        ],
-    )?;
+    agents_rolled_out(tb, 120)?;
     rollout_done(tb)
 }
 

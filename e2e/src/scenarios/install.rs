@@ -107,19 +107,7 @@ pub(super) async fn upgrade(tb: &dyn Testbed) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let upgraded = helm_chart(tb, "upgrade", &[format!("image.tag={}", tb.upgrade_tag())]);
-    let rolled = kubectl(
-        tb,
-        &[
-            "rollout",
-            "status",
-            "-n",
-            NAMESPACE,
-            "daemonset",
-            "-l",
-            "app.kubernetes.io/component=agent",
-            "--timeout=300s",
-        ],
-    );
+    let rolled = agents_rolled_out(tb, 300);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pinged = stop_background_ping(tb, "client", &mut ping, "/tmp/upgrade-ping.log");
     upgraded?;

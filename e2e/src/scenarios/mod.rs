@@ -264,6 +264,24 @@ fn render_chart(tb: &dyn Testbed) -> anyhow::Result<Vec<Value>> {
     Ok(docs)
 }
 
+/// `kubectl rollout status` of the agent DaemonSet, within `seconds`.
+fn agents_rolled_out(tb: &dyn Testbed, seconds: u32) -> anyhow::Result<String> {
+    let timeout = format!("--timeout={seconds}s");
+    kubectl(
+        tb,
+        &[
+            "rollout",
+            "status",
+            "-n",
+            NAMESPACE,
+            "daemonset",
+            "-l",
+            "app.kubernetes.io/component=agent",
+            &timeout,
+        ],
+    )
+}
+
 async fn agent_pods(tb: &dyn Testbed) -> anyhow::Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(tb.client(), NAMESPACE);
     let list = pods
