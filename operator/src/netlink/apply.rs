@@ -185,26 +185,14 @@ impl<'a> Applier<'a> {
             }
             Step::AddPeer { name, dst } => {
                 let index = self.require(name, Operation::AddFdbEntry).await?;
-                let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(fdb_msg(index, *dst)));
-                req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
-                self.writes.add();
-                match self.request(req).await {
-                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
-                    other => other.map_err(|e| Error::netlink(Operation::AddFdbEntry, name, e))?,
-                }
+                self.append_fdb(name, fdb_msg(index, *dst)).await?;
             }
             Step::RestoreDefault { name, dst, carrier } => {
                 let index = self.require(name, Operation::AddFdbEntry).await?;
                 let via = self.require(carrier, Operation::AddFdbEntry).await?;
                 let mut msg = fdb_msg(index, *dst);
                 msg.attributes.push(NeighbourAttribute::IfIndex(via));
-                let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
-                req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
-                self.writes.add();
-                match self.request(req).await {
-                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
-                    other => other.map_err(|e| Error::netlink(Operation::AddFdbEntry, name, e))?,
-                }
+                self.append_fdb(name, msg).await?;
             }
             Step::DelPeer { name, dst } => {
                 let index = self.require(name, Operation::DeleteFdbEntry).await?;
@@ -242,6 +230,18 @@ impl<'a> Applier<'a> {
             }
         }
         Ok(())
+    }
+
+    /// `RTM_NEWNEIGH` with create and append for an FDB entry of `name`; one that is
+    /// there already is fine.
+    async fn append_fdb(&mut self, name: &str, msg: NeighbourMessage) -> Result<(), Error> {
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        self.writes.add();
+        match self.request(req).await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            other => other.map_err(|e| Error::netlink(Operation::AddFdbEntry, name, e)),
+        }
     }
 
     /// Deletes `names` in one batch: each put in interface group [`DELETE_GROUP`],
